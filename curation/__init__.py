@@ -1,0 +1,1 @@
+"""Curation: Ray Data stages from raw videos and images to the Lance training tables."""

@@ -1,0 +1,1 @@
+"""Inference: the cascaded generator and the Ray Serve application."""

@@ -1,0 +1,1 @@
+"""What every stage shares: configs, table schemas, models, the diffusion core and the CLI."""

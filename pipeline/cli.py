@@ -1,0 +1,78 @@
+"""The ``i2vgen`` command line; ``python -m pipeline`` is the same (what ``ray job submit`` runs).
+
+Every command that builds a model takes ``--preset NAME``, ``--config FILE`` (repeatable)
+and ``--set key.path=value`` (repeatable), resolved in that order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Optional, Sequence
+
+from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
+
+
+def _add_config_args(parser: argparse.ArgumentParser, preset_positional: bool = False) -> None:
+    if preset_positional:
+        parser.add_argument("preset", choices=preset_names(), help="named preset")
+    else:
+        parser.add_argument("--preset", default="tiny", choices=preset_names(), help="named preset")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file merged over the preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. unet.head_dim=32")
+
+
+def _config_from(args: argparse.Namespace):
+    return load_config(args.preset, args.config, args.set)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(config_to_yaml(_config_from(args)), end="")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from pipeline.model_info import format_info, stage_info
+
+    config = _config_from(args)
+    stages = ["base", "refiner"] if args.stage == "all" else [args.stage]
+    infos = [stage_info(config, s) for s in stages]
+    if args.json:
+        print(json.dumps([asdict(i) | {"trainable": i.trainable} for i in infos], indent=2))
+    else:
+        print(f"preset {config.preset}")
+        print(format_info(infos))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2vgen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print a resolved config as YAML")
+    _add_config_args(show, preset_positional=True)
+    show.set_defaults(func=cmd_config_show)
+
+    info = sub.add_parser("model-info", help="parameter counts per part and FLOPs per forward")
+    _add_config_args(info, preset_positional=True)
+    info.add_argument("--stage", choices=["base", "refiner", "all"], default="all")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=cmd_model_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""YAML in, validated ``Config`` out: presets, files and dotted ``--set`` overrides.
+
+Order of precedence: the preset, then each ``--config`` file, then each ``--set key=value``.
+Any unknown key, wrong type or inconsistent combination raises ``ConfigError`` whose message
+starts with the key's dotted path, so a user sees at once which line to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Union
+
+import yaml
+
+from pipeline.config.schema import Config
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(
+    preset: str = "tiny",
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+) -> Config:
+    """Resolve a preset, config files and ``key=value`` overrides into a validated Config."""
+    if preset not in preset_names():
+        raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {preset_names()}")
+    raw = config_to_dict(Config())
+    _deep_merge(raw, _read_yaml(PRESET_DIR / f"{preset}.yaml"))
+    for path in files:
+        _deep_merge(raw, _read_yaml(Path(path)))
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
+    raw["preset"] = preset
+    config = from_dict(Config, raw)
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML so numbers, bools and lists work."""
+    if "=" not in item:
+        raise ConfigError(f"{item}: an override must look like key.path=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{item}: the override has no key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {err}") from err
+    return key, value
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key_path}: unknown key{hint}; known keys: {sorted(known)}")
+        kwargs[key] = _coerce(hints[key], value, key_path)
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {tp}")
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that single-field types cannot express."""
+    unet, vae, enc = config.unet, config.vae, config.global_encoder
+    levels = len(unet.block_out_channels)
+    if len(unet.attention_levels) != levels:
+        raise ConfigError(
+            f"unet.attention_levels: has {len(unet.attention_levels)} entries but "
+            f"unet.block_out_channels has {levels}"
+        )
+    for i, ch in enumerate(unet.block_out_channels):
+        if ch % unet.norm_num_groups:
+            raise ConfigError(
+                f"unet.block_out_channels[{i}]: {ch} is not divisible by "
+                f"unet.norm_num_groups={unet.norm_num_groups}"
+            )
+        if ch % unet.head_dim:
+            raise ConfigError(
+                f"unet.block_out_channels[{i}]: {ch} is not divisible by unet.head_dim={unet.head_dim}"
+            )
+    latent = 4 if vae.kind == "sd" else 3 * vae.factor**2
+    for key in ("in_channels", "out_channels"):
+        if getattr(unet, key) != latent:
+            raise ConfigError(
+                f"unet.{key}: {getattr(unet, key)} but the {vae.kind} VAE gives {latent} latent channels"
+            )
+    if vae.kind == "sd" and vae.factor != 8:
+        raise ConfigError(f"vae.factor: the sd VAE downsamples by 8, got {vae.factor}")
+    if enc.pool_size != 2 ** (len(enc.stage_channels) + 1):
+        raise ConfigError(
+            f"global_encoder.pool_size: {enc.pool_size} must be 2 * 2**len(stage_channels) = "
+            f"{2 ** (len(enc.stage_channels) + 1)} so the stages end at 2x2"
+        )
+    # Odd latent sizes are fine (720 / 8 = 90 -> 45 -> 23 -> 12; upsampling follows the skips).
+    multiple = vae.factor
+    for name in ("base", "refiner"):
+        stage = getattr(config.stages, name)
+        for side in ("width", "height"):
+            if getattr(stage, side) % multiple:
+                raise ConfigError(
+                    f"stages.{name}.{side}: {getattr(stage, side)} must be a multiple of {multiple} "
+                    f"(the VAE's downsampling factor)"
+                )
+        if not 0 < stage.max_timestep <= config.diffusion.num_train_timesteps:
+            raise ConfigError(
+                f"stages.{name}.max_timestep: must lie in 1..{config.diffusion.num_train_timesteps}"
+            )
+        if not 0.0 <= stage.condition_dropout <= 1.0:
+            raise ConfigError(f"stages.{name}.condition_dropout: must lie in [0, 1]")
+    if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
+        raise ConfigError("sampling.refine_from: must lie in 1..num_train_timesteps")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path}: does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return data
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
+        node = child
+    node[parts[-1]] = value

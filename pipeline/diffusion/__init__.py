@@ -1,0 +1,1 @@
+"""The diffusion core: schedule, forward noising, samplers and guidance."""

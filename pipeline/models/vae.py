@@ -1,0 +1,123 @@
+"""Image autoencoders behind one interface: SD 2.1's ``AutoencoderKL`` and a lossless stand-in.
+
+Both map pixels in [-1, 1], ``(N, 3, H, W)``, to scaled latents ``(N, C, H/f, W/f)`` and back.
+The video helpers fold frames into the batch, since both autoencoders are 2D (as in VGen).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config.schema import VAEConfig
+
+# SD 2.1's VAE: 128-256-512-512 channels, 4 latent channels, latents scaled by 0.18215.
+SD_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+
+
+class ImageAutoencoder(nn.Module, ABC):
+    """What the rest of the system needs of a VAE."""
+
+    latent_channels: int
+    factor: int
+
+    @abstractmethod
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latents."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels in [-1, 1]."""
+
+    def encode_video(self, video: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """``(B, 3, F, H, W)`` pixels -> ``(B, C, F, h, w)`` latents, ``chunk`` frames at a time."""
+        return self._per_frame(video, self.encode, chunk)
+
+    def decode_video(self, latents: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """``(B, C, F, h, w)`` latents -> ``(B, 3, F, H, W)`` pixels, ``chunk`` frames at a time."""
+        return self._per_frame(latents, self.decode, chunk)
+
+    @staticmethod
+    def _per_frame(video: torch.Tensor, fn, chunk: int) -> torch.Tensor:
+        batch, _, frames = video.shape[:3]
+        flat = video.transpose(1, 2).flatten(0, 1)
+        out = torch.cat([fn(flat[i : i + chunk]) for i in range(0, flat.shape[0], chunk)])
+        return out.view(batch, frames, *out.shape[1:]).transpose(1, 2)
+
+
+class PixelUnshuffleAutoencoder(ImageAutoencoder):
+    """Weight-free and exactly invertible: ``factor x factor`` pixel blocks become channels.
+
+    The demo and tests use it in place of SD's VAE: it needs no weights, costs nothing, and
+    a decoded latent is the original image bit for bit, so errors seen downstream are the
+    diffusion model's own.
+    """
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.latent_channels = 3 * factor * factor
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return F.pixel_unshuffle(pixels, self.factor)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(latents, self.factor)
+
+
+class SDAutoencoder(ImageAutoencoder):
+    """SD 2.1's ``AutoencoderKL`` from diffusers; latents are scaled by its ``scaling_factor``.
+
+    ``encode`` samples the posterior (as VGen does for the image condition) when given a
+    generator, and takes its mean otherwise, so encodes are reproducible by default.
+    """
+
+    factor = 8
+    latent_channels = 4
+
+    def __init__(self, weights: Optional[str] = None, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        if weights is None:
+            with torch.device(device):
+                self.model = AutoencoderKL(**SD_VAE_CONFIG)
+        else:
+            path = Path(weights)
+            if not path.exists():
+                raise FileNotFoundError(f"vae.weights: {path} does not exist")
+            if path.is_dir():
+                self.model = AutoencoderKL.from_pretrained(path, local_files_only=True)
+            else:
+                self.model = AutoencoderKL.from_single_file(path, local_files_only=True)
+        self.scaling_factor = float(self.model.config.scaling_factor)
+
+    def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        posterior = self.model.encode(pixels).latent_dist
+        latents = posterior.sample(generator) if generator is not None else posterior.mode()
+        return latents * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(latents / self.scaling_factor).sample
+
+
+def build_vae(cfg: VAEConfig, device: str | torch.device = "cpu") -> ImageAutoencoder:
+    if cfg.kind == "pixel_unshuffle":
+        return PixelUnshuffleAutoencoder(cfg.factor)
+    return SDAutoencoder(cfg.weights, device)

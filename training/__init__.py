@@ -1,0 +1,1 @@
+"""Training: Ray Train with DeepSpeed ZeRO over the curated Lance tables."""
