@@ -1,0 +1,49 @@
+"""The training objective of both stages: v-prediction MSE on the paper's forward process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config.schema import Config
+from pipeline.diffusion.noising import add_image_to_first_frame, condition_keep_mask, sample_noise, sample_timesteps
+from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.models.denoiser import StageDenoiser
+
+
+@dataclass
+class DiffusionBatch:
+    """One same-shape micro-batch, already encoded by the frozen VAE and CLIP.
+
+    ``image_latent`` is the first frame's latent (the input image) for the base stage.
+    """
+
+    latents: torch.Tensor  # (B, C, F, h, w)
+    context: torch.Tensor  # (B, L, D): CLIP image embedding (base) or text tokens (refiner)
+    fps: torch.Tensor  # (B,)
+    image_latent: Optional[torch.Tensor] = None  # (B, C, h, w), base only
+
+
+def diffusion_loss(
+    model: StageDenoiser,
+    schedule: NoiseSchedule,
+    batch: DiffusionBatch,
+    config: Config,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Sample t in the stage's range, noise with offset noise (plus the image on frame 0 for
+    the base), drop conditions for guidance, and regress the schedule's target."""
+    stage = getattr(config.stages, model.stage)
+    x0 = batch.latents
+    b, device = x0.shape[0], x0.device
+    noise = sample_noise(tuple(x0.shape), config.diffusion.offset_noise, generator, device, x0.dtype)
+    if model.stage == "base":
+        noise = add_image_to_first_frame(noise, batch.image_latent)
+    t = sample_timesteps(b, stage.max_timestep, generator, device)
+    keep = condition_keep_mask(b, stage.condition_dropout, generator, device)
+    x_t = schedule.add_noise(x0, noise, t)
+    prediction = model(x_t, t, batch.context, batch.fps, batch.image_latent, keep_condition=keep)
+    return F.mse_loss(prediction.float(), schedule.target(x0, noise, t).float())
