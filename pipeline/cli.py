@@ -15,11 +15,13 @@ from typing import Optional, Sequence
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
 
 
-def _add_config_args(parser: argparse.ArgumentParser, preset_positional: bool = False) -> None:
+def _add_config_args(
+    parser: argparse.ArgumentParser, preset_positional: bool = False, default_preset: str = "tiny"
+) -> None:
     if preset_positional:
         parser.add_argument("preset", choices=preset_names(), help="named preset")
     else:
-        parser.add_argument("--preset", default="tiny", choices=preset_names(), help="named preset")
+        parser.add_argument("--preset", default=default_preset, choices=preset_names(), help="named preset")
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML file merged over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, e.g. unet.head_dim=32")
 
@@ -47,6 +49,27 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curate(args: argparse.Namespace) -> int:
+    if args.inputs[0] == "report":
+        return _curate_report(args)
+    if not args.out:
+        raise SystemExit("i2vgen curate: --out DIR is required")
+    from curation.job import curate
+
+    summary = curate(args.inputs, args.out, _config_from(args), progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _curate_report(args: argparse.Namespace) -> int:
+    if len(args.inputs) != 2:
+        raise SystemExit("usage: i2vgen curate report DIR")
+    from curation.report import write_report
+
+    print(write_report(args.inputs[1], _config_from(args).curation.filters))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2vgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--stage", choices=["base", "refiner", "all"], default="all")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_model_info)
+
+    curate = sub.add_parser(
+        "curate",
+        help="curate videos and images into Lance tables (or: curate report DIR)",
+        description="i2vgen curate INPUT... --out DIR | i2vgen curate report DIR",
+    )
+    curate.add_argument("inputs", nargs="+", help="files, folders, globs, manifests (CSV/JSONL/Parquet); or 'report DIR'")
+    curate.add_argument("--out", help="output folder for clips.lance, images.lance, rejects.lance")
+    curate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(curate, default_preset="paper")  # buckets for the paper's frame sizes
+    curate.set_defaults(func=cmd_curate)
     return parser
 
 

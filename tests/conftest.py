@@ -22,3 +22,15 @@ def tiny():
 
     # Dropout off so that train-mode and eval-mode forwards can be compared exactly.
     return load_config("tiny", overrides=["unet.temporal_dropout=0.0"])
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray cluster for the tests that run Ray in-process."""
+    import ray
+
+    from pipeline.ray_runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

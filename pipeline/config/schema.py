@@ -121,6 +121,95 @@ class SamplingConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """What a video must be to be worth analysing; everything else becomes a reject."""
+
+    min_side: int = 64
+    max_side: int = 8192
+    min_frames: int = 8
+    # Reject when frame intervals spread more than this fraction around their median.
+    max_interval_spread: float = 0.5
+
+
+@dataclass
+class ShotsConfig:
+    """Shot detection with PySceneDetect on the low-resolution analysis frames."""
+
+    detector: Literal["content", "adaptive"] = "adaptive"
+    # ContentDetector's threshold on its frame score (PySceneDetect's default 27).
+    threshold: float = 27.0
+    # AdaptiveDetector's ratio threshold and minimum frame score (PySceneDetect: 3.0 and 15).
+    adaptive_threshold: float = 3.0
+    min_content_val: float = 15.0
+    # Width of the analysis frames that shot detection, motion and subject scoring all read.
+    analysis_width: int = 256
+
+
+@dataclass
+class SplitConfig:
+    """From shots to clips."""
+
+    min_seconds: float = 1.0
+    # Longer shots are cut into windows of at most this length.
+    max_seconds: float = 10.0
+    # Frames dropped on each side of a cut (transitions bleed into neighbouring frames).
+    trim_frames: int = 2
+
+
+@dataclass
+class ScoringConfig:
+    # Analysis frames per second that motion and subject scoring sample.
+    sample_fps: float = 4.0
+    # Which motion score decides: dense optical flow or the codec's own motion vectors.
+    motion: Literal["farneback", "motion_vectors"] = "farneback"
+    # LAION aesthetic head and CLIP ViT-L/14 weights (local files); without them a
+    # weight-free image-quality score ranks the clips.
+    aesthetic_head: Optional[str] = None
+    aesthetic_clip: Optional[str] = None
+    # Actors scoring aesthetics, and GPUs per actor (0 on CPU-only clusters).
+    aesthetic_actors: int = 1
+    aesthetic_gpus: float = 0.0
+
+
+@dataclass
+class FiltersConfig:
+    """Thresholds; rows outside them stay in the table with keep=false and the reason."""
+
+    min_aesthetic: float = 3.0
+    # Motion in fractions of the frame diagonal per second.
+    min_motion: float = 0.002
+    max_motion: float = 1.0
+    min_subject: float = 0.0
+    max_subject: float = 1.0
+
+
+@dataclass
+class MediaConfig:
+    """How clips are stored: H.264 at most the refiner's size."""
+
+    crf: int = 20
+    preset: str = "veryfast"
+
+
+@dataclass
+class CurationConfig:
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    shots: ShotsConfig = field(default_factory=ShotsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    # Quantile bins per score (aesthetic, motion, subject) for the balancing weights.
+    balance_bins: int = 3
+    # Per-input limit; a file whose task runs longer (a hung decoder) becomes a reject.
+    file_timeout_s: float = 300.0
+    # Retries of a crashed task before its file is marked as a reject.
+    max_retries: int = 1
+    # Inputs per committed chunk: a killed run loses at most one chunk of work.
+    chunk_size: int = 16
+
+
+@dataclass
 class Config:
     """The root: one object describes the model, the diffusion process and both stages."""
 
@@ -132,3 +221,4 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)

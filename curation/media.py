@@ -1,0 +1,85 @@
+"""The media pass: one more decode, at storage resolution, encoding every clip to H.264.
+
+Clips are sorted and disjoint, so one encoder is open at a time and each clip's mp4 bytes
+are finished as soon as its last frame passes: memory holds one clip's output, never the
+video. Frames are placed by timestamp, as in the analysis pass, so both passes agree on
+frame indices even where packets were damaged.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+
+from curation.probe import VideoInfo, open_media
+from pipeline.config.schema import MediaConfig
+
+
+def storage_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    """The source size scaled down (never up) to fit the refiner's frame, even for yuv420p."""
+    scale = min(1.0, max_width / width, max_height / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+class _ClipEncoder:
+    def __init__(self, width: int, height: int, fps: float, cfg: MediaConfig) -> None:
+        self.buffer = io.BytesIO()
+        self.container = av.open(self.buffer, "w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+        self.count = 0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        out = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
+        out.pts = self.count
+        self.count += 1
+        self.container.mux(self.stream.encode(out))
+
+    def finish(self) -> bytes:
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
+        return self.buffer.getvalue()
+
+
+def encode_clips(
+    uri: str, info: VideoInfo, ranges: list[tuple[int, int]], size: tuple[int, int], cfg: MediaConfig
+) -> list[bytes]:
+    """H.264 mp4 bytes for each ``[start, end)`` frame range, at ``size``."""
+    ranges = sorted(ranges)
+    outputs: list[bytes] = []
+    encoder: _ClipEncoder | None = None
+
+    def close() -> None:
+        nonlocal encoder
+        if encoder is None:
+            raise RuntimeError(f"no frame of clip {ranges[len(outputs)]} could be decoded")
+        outputs.append(encoder.finish())
+        encoder = None
+
+    with open_media(uri) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is None or len(outputs) == len(ranges):
+                    continue
+                index = info.frame_index(frame.pts)
+                while len(outputs) < len(ranges) and index >= ranges[len(outputs)][1]:
+                    close()
+                if len(outputs) == len(ranges) or index < ranges[len(outputs)][0]:
+                    continue
+                if encoder is None:
+                    encoder = _ClipEncoder(*size, info.fps, cfg)
+                encoder.add(frame)
+            if len(outputs) == len(ranges):
+                break
+    while len(outputs) < len(ranges):
+        close()
+    return outputs

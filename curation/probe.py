@@ -1,0 +1,96 @@
+"""Probe a video with PyAV before anything decodes it.
+
+PyAV raises clean exceptions on files that would make other decoders abort or hang, and
+demuxing (no decoding) is cheap, so the probe reads every packet's timestamp: the exact frame
+count, the true frame rate, and whether the frame rate is variable all come from that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from curation.sources import resolve
+from pipeline.config.schema import ProbeConfig
+
+
+class Rejected(Exception):
+    """An input that cannot be used: ``stage`` says where it failed, ``reason`` why."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    codec: str
+    first_pts: int
+    frame_ticks: float  # median pts step between frames, in time_base units
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+    def frame_index(self, pts: int) -> int:
+        """A decoded frame's index, from its timestamp (robust to frames lost to damage)."""
+        return int(round((pts - self.first_pts) / self.frame_ticks))
+
+
+def open_media(uri: str) -> Any:
+    """An input container for PyAV: a local path as is, other URIs through pyarrow.fs."""
+    fs, path = resolve(uri)
+    if fs.type_name == "local":
+        return av.open(path)
+    return av.open(fs.open_input_file(path))
+
+
+def probe_video(uri: str, cfg: ProbeConfig) -> VideoInfo:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.size is None:
+        raise Rejected("probe", "no such file")
+    if info.size == 0:
+        raise Rejected("probe", "empty file (0 bytes)")
+    try:
+        container = open_media(uri)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise Rejected("probe", f"not a readable video container ({type(err).__name__}: {err})") from err
+    with container:
+        if not container.streams.video:
+            what = "audio only" if container.streams.audio else "no media streams"
+            raise Rejected("probe", f"no video stream ({what})")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        try:
+            pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+        except av.error.FFmpegError as err:
+            raise Rejected("probe", f"cannot demux ({type(err).__name__}: {err})") from err
+        codec = stream.codec_context.name
+        time_base = float(stream.time_base or Fraction(1, 1))
+    if not (cfg.min_side <= min(width, height) and max(width, height) <= cfg.max_side):
+        raise Rejected("probe", f"frame size {width}x{height} is outside {cfg.min_side}..{cfg.max_side} pixels per side")
+    if len(pts) < cfg.min_frames:
+        raise Rejected("probe", f"only {len(pts)} frame(s); at least {cfg.min_frames} are needed")
+    steps = np.diff(np.sort(np.asarray(pts, dtype=np.float64)))
+    median = float(np.median(steps))
+    if median <= 0:
+        raise Rejected("probe", "frame timestamps do not increase")
+    low, high = np.percentile(steps, [10, 90])
+    if (high - low) / median > cfg.max_interval_spread:
+        raise Rejected(
+            "probe",
+            f"variable frame rate: frame intervals range from {low * time_base * 1000:.1f} "
+            f"to {high * time_base * 1000:.1f} ms",
+        )
+    fps = 1.0 / (median * time_base)
+    return VideoInfo(width, height, fps, len(pts), codec, int(min(pts)), median)

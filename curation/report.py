@@ -1,0 +1,186 @@
+"""``i2vgen curate report DIR``: one self-contained HTML page for tuning thresholds by eye.
+
+Histograms of each score with the thresholds drawn on them (kept and dropped rows stacked),
+the two motion methods against each other, drop counts by reason, bucket counts, contact
+sheets of the best and worst clips and images, and every reject with its reason. Reads only
+the small columns (never the media blobs), so it is quick on large tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from curation.buckets import FRAME_COUNTS, SAMPLE_FPS  # noqa: E402
+from pipeline.config.schema import FiltersConfig  # noqa: E402
+from pipeline.tables import CLIPS, IMAGES, REJECTS  # noqa: E402
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
+h1, h2 { font-weight: 600; } table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; text-align: left; vertical-align: top; }
+.sheet { display: flex; flex-wrap: wrap; gap: 10px; } .card { width: 230px; font-size: 12px; }
+.card img { width: 230px; border-radius: 4px; } .figs img { max-width: 440px; margin-right: 8px; }
+.dropped { color: #a33; } .muted { color: #777; }
+"""
+
+
+def _read(out: Path, name: str, columns: list[str]) -> Optional[pd.DataFrame]:
+    path = out / name
+    if not path.exists():
+        return None
+    import lance
+
+    ds = lance.dataset(str(path))
+    return ds.to_table(columns=[c for c in columns if c in ds.schema.names]).to_pandas()
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _thresholds(score: str, filters: FiltersConfig) -> list[tuple[str, float]]:
+    return {
+        "aesthetic": [("min", filters.min_aesthetic)],
+        "motion": [("min", filters.min_motion), ("max", filters.max_motion)],
+        "subject": [("min", filters.min_subject), ("max", filters.max_subject)],
+    }.get(score, [])
+
+
+def histogram(df: pd.DataFrame, score: str, filters: FiltersConfig, title: str) -> str:
+    """Kept and dropped rows stacked, thresholds as labelled dashed lines."""
+    values = df[score].to_numpy(dtype=np.float64)
+    keep = df["keep"].to_numpy(dtype=bool)
+    finite = np.isfinite(values)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    if finite.any():
+        bins = np.histogram_bin_edges(values[finite], bins=20)
+        ax.hist([values[finite & keep], values[finite & ~keep]], bins=bins, stacked=True,
+                color=["#4c9f70", "#c94c4c"], label=["kept", "dropped"])
+    for side, value in _thresholds(score, filters):
+        ax.axvline(value, color="#333", linestyle="--", linewidth=1)
+        ax.annotate(f"{side} {value:g}", (value, ax.get_ylim()[1] * 0.9), fontsize=8, rotation=90, ha="right")
+    ax.set_title(title)
+    ax.set_xlabel(score)
+    ax.set_ylabel("rows")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def motion_scatter(clips: pd.DataFrame) -> str:
+    both = clips[["motion_flow", "motion_vectors"]].dropna()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.scatter(both["motion_flow"], both["motion_vectors"], s=12, alpha=0.7)
+    ax.set_xlabel("Farneback flow (diagonals / s)")
+    ax.set_ylabel("codec motion vectors (diagonals / s)")
+    ax.set_title("motion: two methods")
+    return _png(fig)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def reasons_table(df: pd.DataFrame) -> str:
+    dropped = df[~df["keep"].astype(bool)]
+    if dropped.empty:
+        return '<p class="muted">nothing dropped</p>'
+    groups: dict[str, list[str]] = {}
+    for reason in dropped["drop_reason"].fillna("?"):
+        groups.setdefault(reason.split(" ")[0], []).append(reason)
+    rows = [[name, len(r), "; ".join(list(dict.fromkeys(r))[:3])] for name, r in sorted(groups.items())]
+    return _table(rows, ["reason", "rows", "examples"])
+
+
+def bucket_tables(clips: pd.DataFrame) -> str:
+    kept = clips[clips["keep"].astype(bool)]
+    aspect = Counter(kept["bucket"])
+    pairs: Counter[tuple[int, int]] = Counter()
+    for options in kept["frame_fps"]:
+        pairs.update((int(o["frames"]), int(o["fps"])) for o in options)
+    grid = [[f] + [pairs.get((f, fps), 0) for fps in SAMPLE_FPS] for f in FRAME_COUNTS]
+    return (_table(sorted(aspect.items()), ["aspect bucket", "kept clips"])
+            + "<p>Kept clips able to supply each (frames, fps) pair:</p>"
+            + _table(grid, ["frames \\ fps", *SAMPLE_FPS]))
+
+
+def contact_sheet(df: pd.DataFrame, title: str, id_column: str) -> str:
+    if df.empty:
+        return f'<h3>{html.escape(title)}</h3><p class="muted">none</p>'
+    cards = []
+    for _, row in df.iterrows():
+        img = base64.b64encode(row["thumbnail"]).decode() if row.get("thumbnail") else ""
+        scores = ", ".join(f"{k} {row[k]:.3g}" for k in ("aesthetic", "motion", "subject", "weight") if k in row)
+        reason = f'<div class="dropped">{html.escape(str(row["drop_reason"]))}</div>' if row.get("drop_reason") else ""
+        cards.append(
+            f'<div class="card"><img src="data:image/jpeg;base64,{img}"><div><b>{html.escape(str(row[id_column]))}</b></div>'
+            f'<div>{html.escape(str(row.get("caption") or ""))}</div><div class="muted">{scores}</div>{reason}</div>'
+        )
+    return f'<h3>{html.escape(title)}</h3><div class="sheet">{"".join(cards)}</div>'
+
+
+def _sheets(df: pd.DataFrame, top: int, id_column: str, what: str) -> str:
+    kept = df[df["keep"].astype(bool)].sort_values("aesthetic", ascending=False)
+    dropped = df[~df["keep"].astype(bool)].sort_values("aesthetic")
+    return (contact_sheet(kept.head(top), f"best kept {what} (by aesthetic)", id_column)
+            + contact_sheet(kept.tail(top).iloc[::-1], f"worst kept {what}", id_column)
+            + contact_sheet(dropped.head(top), f"worst dropped {what}", id_column))
+
+
+def write_report(out_dir: str | Path, filters: FiltersConfig, top: int = 8) -> Path:
+    out = Path(out_dir)
+    common = ["source", "caption", "aesthetic", "subject", "keep", "drop_reason", "weight", "thumbnail", "bucket"]
+    clips = _read(out, CLIPS, ["clip_id", "motion", "motion_flow", "motion_vectors", "frame_fps", *common])
+    images = _read(out, IMAGES, ["image_id", *common])
+    rejects = _read(out, REJECTS, ["source", "kind", "stage", "reason"])
+    parts = [f"<h1>Curation report: {html.escape(str(out))}</h1>"]
+    totals = [
+        ["clip rows", 0 if clips is None else len(clips), 0 if clips is None else int(clips["keep"].sum())],
+        ["image rows", 0 if images is None else len(images), 0 if images is None else int(images["keep"].sum())],
+        ["rejects", 0 if rejects is None else len(rejects), "-"],
+    ]
+    parts.append(_table(totals, ["table", "rows", "kept"]))
+    if (out / "summary.json").exists():
+        summary = json.loads((out / "summary.json").read_text())
+        parts.append(f"<details><summary>summary.json</summary><pre>{html.escape(json.dumps(summary, indent=2))}</pre></details>")
+    for name, df, scores, id_column in (("clips", clips, ["aesthetic", "motion", "subject"], "clip_id"),
+                                        ("images", images, ["aesthetic", "subject"], "image_id")):
+        parts.append(f"<h2>{name}</h2>")
+        if df is None or df.empty:
+            parts.append(f'<p class="muted">no {name}</p>')
+            continue
+        figures = [histogram(df, s, filters, f"{name}: {s}") for s in scores]
+        if name == "clips":
+            figures.append(motion_scatter(df))
+        parts.append(f'<div class="figs">{"".join(figures)}</div>')
+        parts.append(reasons_table(df))
+        if name == "clips":
+            parts.append(bucket_tables(df))
+        parts.append(_sheets(df, top, id_column, name))
+    parts.append("<h2>rejects</h2>")
+    if rejects is None or rejects.empty:
+        parts.append('<p class="muted">no rejects</p>')
+    else:
+        parts.append(_table(sorted(Counter(rejects["stage"]).items()), ["stage", "rejects"]))
+        parts.append(_table(rejects[["source", "kind", "stage", "reason"]].values.tolist(), ["source", "kind", "stage", "reason"]))
+    page = out / "report.html"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>curation report</title>"
+                    f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    return page

@@ -1,0 +1,1 @@
+"""Weight-free and model-based scores for curation: motion, subject share, aesthetics."""

@@ -1,0 +1,142 @@
+"""What one Ray task does for one input: a video becomes clip rows, an image one image row,
+and anything unusable raises ``Rejected`` with its stage and reason.
+
+Rows carry their scores and media but not ``aesthetic`` (scored next, by an actor pool that
+may hold a GPU) nor the keep / weight decisions (made over the whole table at the end).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from curation.analysis import analysis_size, iter_segments
+from curation.buckets import aspect_bucket, centre_crop, frame_fps_pairs
+from curation.media import encode_clips, storage_size
+from curation.probe import Rejected, probe_video
+from curation.scorers.subject import subject_share
+from curation.sources import MediaItem, read_bytes, resolve
+from curation.split import clip_from_segment
+from pipeline.config.schema import Config
+
+HASH_CHUNK = 8 << 20
+
+
+def source_sha256(uri: str) -> str:
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _crops(width: int, height: int, config: Config) -> dict[str, Any]:
+    base, refiner = config.stages.base, config.stages.refiner
+    return {
+        "bucket": aspect_bucket(width, height),
+        "crop_base": centre_crop(width, height, base.width, base.height),
+        "crop_refiner": centre_crop(width, height, refiner.width, refiner.height),
+    }
+
+
+def process_video(item: MediaItem, config: Config) -> list[dict[str, Any]]:
+    """Probe, analyse (shots, motion, subject), split and encode one video."""
+    cfg = config.curation
+    info = probe_video(item.uri, cfg.probe)
+    digest = source_sha256(item.uri)
+    drafts, segments = [], 0
+    for segment in iter_segments(item.uri, info, cfg):
+        segments += 1
+        draft = clip_from_segment(segment, info.fps, cfg.split)
+        if draft is not None:
+            drafts.append(draft)
+    if not drafts:
+        raise Rejected(
+            "split",
+            f"none of its {segments} segment(s) gives an undamaged clip of at least {cfg.split.min_seconds:g} s",
+        )
+    size = storage_size(info.width, info.height, config.stages.refiner.width, config.stages.refiner.height)
+    videos = encode_clips(item.uri, info, [(d.start, d.end) for d in drafts], size, cfg.media)
+    motion_key = "motion_flow" if cfg.scoring.motion == "farneback" else "motion_vectors"
+    rows = []
+    for draft, video in zip(drafts, videos):
+        num_frames = draft.end - draft.start
+        scores = {"motion_flow": draft.motion_flow, "motion_vectors": draft.motion_vectors}
+        rows.append(
+            {
+                "clip_id": f"{digest[:16]}:{draft.start}-{draft.end}",
+                "source": item.uri,
+                "source_sha256": digest,
+                "start_frame": draft.start,
+                "end_frame": draft.end,
+                "fps": info.fps,
+                "width": info.width,
+                "height": info.height,
+                "num_frames": num_frames,
+                "caption": item.caption or "",
+                "motion": scores[motion_key],
+                **scores,
+                "subject": draft.subject,
+                **_crops(info.width, info.height, config),
+                "frame_fps": frame_fps_pairs(num_frames, info.fps),
+                "video_width": size[0],
+                "video_height": size[1],
+                "thumbnail": draft.thumbnail,
+                "video": video,
+                "keyframes": draft.keyframes,
+            }
+        )
+    return rows
+
+
+def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
+    """Check, measure and score one image; its original bytes are stored unchanged."""
+    try:
+        data = read_bytes(item.uri)
+    except (FileNotFoundError, OSError) as err:
+        raise Rejected("image", f"cannot read ({err})") from err
+    if not data:
+        raise Rejected("image", "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            rgb = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise Rejected("image", f"not a readable image ({err})") from err
+    height, width = rgb.shape[:2]
+    probe = config.curation.probe
+    if not (probe.min_side <= min(width, height) and max(width, height) <= probe.max_side):
+        raise Rejected("image", f"size {width}x{height} is outside {probe.min_side}..{probe.max_side} pixels per side")
+    small_size = analysis_size(width, height, config.curation.shots.analysis_width)
+    small = np.asarray(Image.fromarray(rgb).resize(small_size, Image.BILINEAR))
+    thumb = io.BytesIO()
+    Image.fromarray(small).save(thumb, format="JPEG", quality=85)
+    return [
+        {
+            "image_id": hashlib.sha256(data).hexdigest()[:16],
+            "source": item.uri,
+            "caption": item.caption or "",
+            "width": width,
+            "height": height,
+            "subject": subject_share(small),
+            **_crops(width, height, config),
+            "thumbnail": thumb.getvalue(),
+            "image": data,
+            "keyframes": [thumb.getvalue()],
+        }
+    ]
+
+
+def process_item(item: MediaItem, config: Config) -> dict[str, Any]:
+    """The task body: rows on success, a reject record otherwise (never an exception for
+    bad input, so Ray only retries real crashes)."""
+    try:
+        rows = process_video(item, config) if item.kind == "video" else process_image(item, config)
+        return {"item": item, "rows": rows}
+    except Rejected as rejected:
+        return {"item": item, "reject": (rejected.stage, rejected.reason)}

@@ -1,0 +1,35 @@
+"""Connecting to Ray: the cluster a job was submitted to, ``RAY_ADDRESS``, or a local one.
+
+Every stage calls ``init_ray()``; on a laptop it starts the embedded local cluster, under
+``ray job submit`` it joins the job's cluster, and it is a no-op when Ray is already up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import ray
+
+# Set for every worker of a local cluster: Lance sizes its thread pool to the machine, which
+# oversubscribes when many Ray workers each open a dataset; no hub lookups, ever.
+WORKER_ENV = {"LANCE_CPU_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def init_ray(num_cpus: Optional[int] = None) -> None:
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": WORKER_ENV},
+    )
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -1,0 +1,91 @@
+"""The Lance table schemas: the contract between curation (writer) and training (reader).
+
+Curation writes three tables under its output folder; training reads only ``keep`` rows of
+the first two. Media columns are Lance blob columns, so a reader fetches one clip's bytes
+without loading its neighbours (``LanceDataset.take_blobs``).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+CLIPS = "clips.lance"
+IMAGES = "images.lance"
+REJECTS = "rejects.lance"
+
+BLOB = {"lance-encoding:blob": "true"}
+
+# One (frames, fps) pair a clip can supply: `frames` frames spaced at 1/fps seconds.
+FRAME_FPS = pa.struct([("frames", pa.int32()), ("fps", pa.int32())])
+# A centre crop [x, y, w, h] in source pixels with a stage's aspect ratio.
+CROP = pa.list_(pa.int32())
+
+# Columns every scored row has; curation's finalize step (re)computes the last three from
+# the scores and the configured thresholds, so thresholds change without re-scoring.
+DECISION_FIELDS = [
+    pa.field("keep", pa.bool_()),
+    pa.field("drop_reason", pa.string()),
+    pa.field("weight", pa.float32()),
+]
+
+CLIPS_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string()),  # sha256(source bytes)[:16] + ":" + start-end
+        pa.field("source", pa.string()),
+        pa.field("source_sha256", pa.string()),
+        pa.field("start_frame", pa.int64()),  # inclusive, in the source's frames
+        pa.field("end_frame", pa.int64()),  # exclusive
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),  # source size
+        pa.field("height", pa.int32()),
+        pa.field("num_frames", pa.int32()),
+        pa.field("caption", pa.string()),
+        pa.field("aesthetic", pa.float32()),  # ~1..10
+        pa.field("motion", pa.float32()),  # frame diagonals per second (the configured method)
+        pa.field("motion_flow", pa.float32()),  # Farneback optical flow
+        pa.field("motion_vectors", pa.float32()),  # the codec's motion vectors
+        pa.field("subject", pa.float32()),  # 0..1 share of the frame
+        pa.field("bucket", pa.string()),  # aspect-ratio bucket, e.g. "16:9"
+        pa.field("crop_base", CROP),
+        pa.field("crop_refiner", CROP),
+        pa.field("frame_fps", pa.list_(FRAME_FPS)),
+        pa.field("video_width", pa.int32()),  # size of the stored mp4
+        pa.field("video_height", pa.int32()),
+        pa.field("thumbnail", pa.binary()),  # JPEG of the middle frame, for reports
+        pa.field("video", pa.large_binary(), metadata=BLOB),  # H.264 mp4
+        *DECISION_FIELDS,
+    ]
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),  # sha256 of the image bytes [:16]
+        pa.field("source", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("aesthetic", pa.float32()),
+        pa.field("subject", pa.float32()),
+        pa.field("bucket", pa.string()),
+        pa.field("crop_base", CROP),
+        pa.field("crop_refiner", CROP),
+        pa.field("thumbnail", pa.binary()),
+        pa.field("image", pa.large_binary(), metadata=BLOB),  # the original encoded bytes
+        *DECISION_FIELDS,
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("kind", pa.string()),  # video | image | manifest-row
+        pa.field("stage", pa.string()),  # source | probe | decode | split | image | worker
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
+def without_decisions(schema: pa.Schema) -> pa.Schema:
+    """The schema as chunks are written, before finalize adds keep / drop_reason / weight."""
+    names = {f.name for f in DECISION_FIELDS}
+    return pa.schema([f for f in schema if f.name not in names])

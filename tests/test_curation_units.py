@@ -1,0 +1,189 @@
+"""Curation stages one by one, on real encoded files: sources, probe, shots, clips, buckets,
+decisions, and the task runner's handling of hung and crashing workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.analysis import iter_segments
+from curation.buckets import aspect_bucket, centre_crop, frame_fps_pairs
+from curation.decisions import balancing_weights, keep_and_reasons
+from curation.probe import Rejected, probe_video
+from curation.sources import MediaItem, expand_inputs
+from curation.synthetic import ShotSpec, write_broken_files, write_video
+from curation.worker import process_item
+from pipeline.config import load_config
+from pipeline.config.schema import FiltersConfig, ProbeConfig
+
+SHOTS = [
+    ShotSpec("static", 40, seed=1),
+    ShotSpec("pan", 40, seed=2),
+    ShotSpec("moving_shape", 40, seed=3),
+    ShotSpec("texture", 40, transition="dissolve", dissolve_frames=12, seed=4),
+    ShotSpec("static", 40, seed=5),
+]
+
+
+@pytest.fixture(scope="module")
+def multishot(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("v") / "multi.mp4", SHOTS, fps=24)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    return write_broken_files(tmp_path_factory.mktemp("broken"))
+
+
+def test_sources_expand_folders_globs_manifests_and_sidecars(tmp_path, multishot) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(multishot.path.read_bytes())
+    (videos / "a.txt").write_text("a pan over hills\n")
+    (videos / "notes.md").write_text("ignored: not media")
+    image = tmp_path / "img.png"
+    image.write_bytes(b"\x89PNG")
+    pq.write_table(pa.table({"url": [str(image), "", "https://example.com/x.jpg", "rel.jpg"], "TEXT": ["a", "b", "c", "d"]}),
+                   tmp_path / "m.parquet")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "x.mov", "caption": "from jsonl"}) + "\n")
+    items, rejects = expand_inputs([str(videos), str(tmp_path / "m.parquet"), str(tmp_path / "*.jsonl"), str(tmp_path / "absent")])
+    by_uri = {i.uri: i for i in items}
+    assert by_uri[str(videos / "a.mp4")].caption == "a pan over hills"
+    assert by_uri[str(image)] == MediaItem(str(image), "image", "a")
+    assert by_uri[str(tmp_path / "rel.jpg")].caption == "d"  # relative to the manifest
+    assert by_uri[str(tmp_path / "x.mov")].kind == "video"
+    reasons = {r.source: (r.stage, r.reason) for r in rejects}
+    assert any("empty" in reason for _, reason in reasons.values())
+    assert "download the files first" in reasons["https://example.com/x.jpg"][1]
+    assert reasons[str(tmp_path / "absent")][0] == "source"
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("zero_byte", "empty file"),
+        ("truncated", "not a readable video container"),
+        ("text", "not a readable video container"),
+        ("audio_only", "no video stream"),
+        ("one_frame", "only 1 frame"),
+        ("tiny", "frame size 8x8"),
+        ("vfr", "variable frame rate"),
+    ],
+)
+def test_probe_rejects_each_broken_kind_with_a_reason(broken, name: str, words: str) -> None:
+    with pytest.raises(Rejected) as err:
+        probe_video(str(broken[name]), ProbeConfig())
+    assert err.value.stage == "probe" and words in err.value.reason
+
+
+def test_probe_reads_the_true_size_rate_and_count(multishot) -> None:
+    info = probe_video(str(multishot.path), ProbeConfig())
+    assert (info.width, info.height, info.num_frames) == (multishot.width, multishot.height, multishot.num_frames)
+    assert abs(info.fps - 24) < 1e-6
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_segments_start_at_the_hard_cuts(multishot, detector: str) -> None:
+    config = load_config("tiny", overrides=[f"curation.shots.detector={detector}"])
+    info = probe_video(str(multishot.path), config.curation.probe)
+    segments = list(iter_segments(str(multishot.path), info, config.curation))
+    found = [s.start for s in segments if s.starts_at_cut]
+    for cut in multishot.cuts:
+        assert min(abs(cut - f) for f in found) <= 2, (cut, found)
+    assert segments[0].start == 0 and segments[-1].end == multishot.num_frames
+    assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
+
+
+def test_long_shots_are_windowed_and_memory_is_per_segment(tmp_path) -> None:
+    video = write_video(tmp_path / "long.mp4", [ShotSpec("pan", 120, seed=3)], fps=24)
+    config = load_config("tiny", overrides=["curation.split.max_seconds=2.0"])
+    info = probe_video(str(video.path), config.curation.probe)
+    segments = list(iter_segments(str(video.path), info, config.curation))
+    assert [(s.start, s.end) for s in segments] == [(0, 48), (48, 96), (96, 120)]
+    assert all(not s.starts_at_cut for s in segments)
+    assert all(all(s.start <= x.index < s.end for x in s.samples) for s in segments)
+
+
+def test_video_rows_score_static_below_pan(multishot) -> None:
+    config = load_config("tiny")
+    result = process_item(MediaItem(str(multishot.path), "video", "five shots"), config)
+    rows = result["rows"]
+    kinds = []
+    for row in rows:
+        middle = (row["start_frame"] + row["end_frame"]) // 2
+        kinds.append(next(k for k, s, e in multishot.shots if s <= middle < e))
+    motion = {k: [r["motion_flow"] for r, kk in zip(rows, kinds) if kk == k] for k in set(kinds)}
+    assert max(motion["static"]) < min(motion["pan"]) / 5
+    mv = {k: [r["motion_vectors"] for r, kk in zip(rows, kinds) if kk == k] for k in set(kinds)}
+    assert max(mv["static"]) < min(mv["pan"])
+    for row in rows:
+        assert row["clip_id"].endswith(f":{row['start_frame']}-{row['end_frame']}")
+        assert row["caption"] == "five shots" and row["video"][4:8] == b"ftyp"
+        assert row["num_frames"] >= 24 and len(row["keyframes"]) == 3
+
+
+def test_broken_files_become_rejects_not_exceptions(broken) -> None:
+    config = load_config("tiny")
+    for name in ("zero_byte", "truncated", "text", "audio_only", "one_frame", "tiny", "vfr", "corrupt_middle"):
+        result = process_item(MediaItem(str(broken[name]), "video"), config)
+        if name == "corrupt_middle" and "rows" in result:
+            continue  # damage can spare whole shots; those clips are fine to keep
+        stage, reason = result["reject"]
+        assert stage in ("probe", "decode", "split") and reason, (name, result)
+    result = process_item(MediaItem(str(broken["text"]).replace(".mp4", ".jpg"), "image"), config)
+    assert result["reject"][0] == "image"
+
+
+def test_buckets() -> None:
+    assert aspect_bucket(1920, 1080) == "16:9" and aspect_bucket(1080, 1920) == "9:16" and aspect_bucket(512, 500) == "1:1"
+    assert centre_crop(1920, 1080, 448, 256) == [15, 0, 1890, 1080]
+    assert centre_crop(1080, 1920, 1280, 720) == [0, 656, 1080, 608]
+    pairs = {(p["frames"], p["fps"]) for p in frame_fps_pairs(48, 24.0)}
+    assert (32, 16) in pairs and (16, 8) in pairs and (8, 4) in pairs
+    assert (32, 8) not in pairs  # 32 frames at 8 fps span 4 s; the clip has 2 s
+    assert all(f == 1 or fps <= 24 for f, fps in pairs)
+    assert {(p["frames"], p["fps"]) for p in frame_fps_pairs(10, 10.0)} == {(1, 1), (1, 4), (1, 8), (8, 8)}  # 8 at 4 fps spans 1.75 s
+
+
+def test_decisions_name_the_reason_and_balance_strata() -> None:
+    scores = pd.DataFrame({
+        "aesthetic": [5.0, 2.0, 5.0, 5.0, 6.0, 7.0, np.nan],
+        "motion": [0.1, 0.1, 0.0001, 3.0, 0.2, 0.3, 0.1],
+        "subject": [0.3, 0.3, 0.3, 0.3, 0.5, 0.1, 0.2],
+    })
+    keep, reasons = keep_and_reasons(scores, FiltersConfig(min_aesthetic=3.0, min_motion=0.002, max_motion=1.0))
+    assert keep.tolist() == [True, False, False, False, True, True, False]
+    assert reasons[1].startswith("aesthetic 2.00 < 3") and "too static" in reasons[2] and "too fast" in reasons[3]
+    assert reasons[6] == "aesthetic could not be scored"
+    weights = balancing_weights(scores, keep, bins=2)
+    assert weights[~keep].sum() == 0 and abs(weights[keep].mean() - 1) < 1e-6
+    common = pd.DataFrame({"aesthetic": [5.0] * 9 + [9.0], "motion": [0.1] * 10, "subject": [0.3] * 10})
+    w = balancing_weights(common, np.ones(10, bool), bins=2)
+    assert w[9] > 5 * w[0]  # the rare stratum is drawn as often as the common one in total
+
+
+def test_runner_turns_hangs_and_crashes_into_rejects(ray_local) -> None:
+    from curation.runner import run_items
+
+    def flaky(item: MediaItem, config) -> dict:
+        if item.uri == "hang":
+            time.sleep(600)
+        if item.uri == "crash":
+            os.abort()  # what decord does on some corrupt H.264
+        if item.uri == "bug":
+            raise KeyError("missing field")
+        return {"item": item, "rows": [{"ok": item.uri}]}
+
+    items = [MediaItem(u, "video") for u in ("good", "hang", "crash", "bug", "good2")]
+    results = {r["item"].uri: r for r in run_items(items, flaky, None, timeout_s=8, max_retries=1, max_in_flight=4, progress=False)}
+    assert results["good"]["rows"] == [{"ok": "good"}] and results["good2"]["rows"] == [{"ok": "good2"}]
+    assert "timed out" in results["hang"]["reject"][1]
+    assert "crashed" in results["crash"]["reject"][1]
+    assert results["bug"]["reject"] == ("worker", "KeyError: 'missing field'")
