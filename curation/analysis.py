@@ -124,7 +124,7 @@ def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Se
                 continue
             damaged.update(range(last_index + 1, index))
             last_index = index
-            small = frame.to_ndarray(width=width, height=height, format="rgb24")
+            small = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
             cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(index, fps_frac), small[:, :, ::-1])]
             mv = motion_vector_magnitude(frame)
             if mv is not None:

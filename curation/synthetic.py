@@ -258,7 +258,7 @@ def write_image_manifest(
     return manifest
 
 
-def write_sample_corpus(folder: Path, videos: int = 3, seed: int = 0) -> dict:
+def write_sample_corpus(folder: Path, videos: int = 3, seed: int = 0, size: tuple[int, int] = (320, 180)) -> dict:
     """A small corpus like a user's dump: multi-shot videos with captions (cuts, a dissolve,
     static shots), broken files, and an image-text manifest."""
     folder = Path(folder)
@@ -273,7 +273,7 @@ def write_sample_corpus(folder: Path, videos: int = 3, seed: int = 0) -> dict:
             dissolve = s == 2 and v % 2 == 0
             shots.append(ShotSpec(kind, int(rng.integers(36, 73)), "dissolve" if dissolve else "cut",
                                   dissolve_frames=12, seed=seed * 100 + v * 10 + s))
-        video = write_video(folder / f"video_{v:02d}.mp4", shots)
+        video = write_video(folder / f"video_{v:02d}.mp4", shots, size=size)
         (folder / f"video_{v:02d}.txt").write_text(f"synthetic video {v}: {', '.join(s.kind for s in shots)}\n")
         written.append(video)
     broken = write_broken_files(folder / "broken")

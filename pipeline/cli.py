@@ -70,6 +70,28 @@ def _curate_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.job import train
+
+    overrides = list(args.set)
+    for flag, key in (("workers", "workers"), ("zero_stage", "zero_stage"), ("max_steps", "max_steps"),
+                      ("checkpoint_every", "checkpoint_every")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"train.{key}={getattr(args, flag)}")
+    if args.where:
+        overrides.append(f"train.where={json.dumps(args.where)}")
+    config = load_config(args.preset, args.config, overrides)
+    print(json.dumps(train(config, args.stage, args.data, args.run, args.init), indent=2, default=str))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.job import export
+
+    print(export(args.run_dir, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2vgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(curate, default_preset="paper")  # buckets for the paper's frame sizes
     curate.set_defaults(func=cmd_curate)
+
+    train = sub.add_parser("train", help="train the base or refiner with Ray Train + DeepSpeed")
+    train.add_argument("--stage", required=True, choices=["base", "refiner"])
+    train.add_argument("--data", required=True, help="a curated folder (clips.lance, images.lance)")
+    train.add_argument("--run", required=True, help="run folder; the same folder resumes")
+    train.add_argument("--workers", type=int)
+    train.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3])
+    train.add_argument("--max-steps", dest="max_steps", type=int)
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    train.add_argument("--init", help="start from an export (the refiner starts from the base)")
+    train.add_argument("--where", help='SQL filter on the tables, e.g. "aesthetic > 6 AND motion > 0.2"')
+    _add_config_args(train)
+    train.set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="write a run's EMA weights as one safetensors file")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

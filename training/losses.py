@@ -35,12 +35,15 @@ def diffusion_loss(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Sample t in the stage's range, noise with offset noise (plus the image on frame 0 for
-    the base), drop conditions for guidance, and regress the schedule's target."""
-    stage = getattr(config.stages, model.stage)
+    the base), drop conditions for guidance, and regress the schedule's target.
+
+    ``model`` is a ``StageDenoiser`` or a DeepSpeed engine wrapping one."""
+    stage_name = getattr(model, "module", model).stage
+    stage = getattr(config.stages, stage_name)
     x0 = batch.latents
     b, device = x0.shape[0], x0.device
     noise = sample_noise(tuple(x0.shape), config.diffusion.offset_noise, generator, device, x0.dtype)
-    if model.stage == "base":
+    if stage_name == "base":
         noise = add_image_to_first_frame(noise, batch.image_latent)
     t = sample_timesteps(b, stage.max_timestep, generator, device)
     keep = condition_keep_mask(b, stage.condition_dropout, generator, device)

@@ -184,6 +184,14 @@ def validate(config: Config) -> None:
             )
         if not 0.0 <= stage.condition_dropout <= 1.0:
             raise ConfigError(f"stages.{name}.condition_dropout: must lie in [0, 1]")
+    train = config.train
+    for values, weights in (("frame_counts", "frame_weights"), ("fps_values", "fps_weights")):
+        if len(getattr(train, values)) != len(getattr(train, weights)) or not getattr(train, values):
+            raise ConfigError(f"train.{weights}: needs one weight per entry of train.{values}")
+    if train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage: {train.zero_stage} is not one of 0, 1, 2, 3")
+    if train.micro_batch < 1 or train.workers < 1:
+        raise ConfigError("train.micro_batch: and train.workers must be at least 1")
     if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
         raise ConfigError("sampling.refine_from: must lie in 1..num_train_timesteps")
 

@@ -210,6 +210,45 @@ class CurationConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Ray Train + DeepSpeed settings shared by the base and refiner runs."""
+
+    # AdamW at a fixed rate (the paper's 8e-5); SD 2.1's spatial layers at spatial_lr_scale x.
+    lr: float = 8e-5
+    spatial_lr_scale: float = 0.2
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    # Samples per worker per step; every micro-batch has one (frames, fps) shape.
+    micro_batch: int = 2
+    zero_stage: int = 2
+    # bf16 on GPUs; CPUs train in fp32.
+    bf16: bool = True
+    ema_decay: float = 0.9999
+    max_steps: int = 1000
+    checkpoint_every: int = 100
+    log_every: int = 10
+    workers: int = 2
+    use_gpu: bool = False
+    max_failures: int = 2
+    seed: int = 0
+    # Dynamic frames and FPS (the paper's 1:1:1:5 and 1:2:4:1).
+    frame_counts: list[int] = field(default_factory=lambda: [1, 8, 16, 32])
+    frame_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 5.0])
+    fps_values: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
+    fps_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 1.0])
+    # CPUs reserved per training worker and per data-loading actor (0 lets loaders share
+    # the trainers' cores, which a small machine needs).
+    cpus_per_worker: float = 1.0
+    loader_cpus: float = 1.0
+    # Extra rows drawn per micro-batch to stand in for clips whose media fails to decode.
+    spare_samples: int = 2
+    # A SQL filter on the curated tables (e.g. "aesthetic > 6 AND motion > 0.2").
+    where: Optional[str] = None
+
+
+@dataclass
 class Config:
     """The root: one object describes the model, the diffusion process and both stages."""
 
@@ -222,3 +261,4 @@ class Config:
     stages: StagesConfig = field(default_factory=StagesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,223 @@
+"""Training data from the curated Lance tables: a deterministic draw plan, then Ray Data
+workers that fetch each clip's blob, decode the drawn frames with decord and centre-crop.
+
+The plan is a list of micro-batches. Each draws its shape first, (frames, fps) at the
+paper's 1:1:1:5 and 1:2:4:1 among the pairs some kept row can supply, then its rows by
+their balancing ``weight`` among the rows that can supply that shape (frames = 1 also
+draws from ``images.lance``). Micro-batch ``k`` depends only on the seed and ``k``, so a run
+that resumes at step ``s`` continues with exactly the micro-batches it would have had.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config.loader import ConfigError
+from pipeline.config.schema import Config
+from pipeline.tables import CLIPS, IMAGES
+
+CLIP_COLUMNS = ["clip_id", "caption", "fps", "num_frames", "width", "video_width", "crop_base", "crop_refiner", "frame_fps", "weight"]
+IMAGE_COLUMNS = ["image_id", "caption", "width", "crop_base", "crop_refiner", "weight"]
+
+
+@dataclass
+class Catalog:
+    """The kept rows training may draw, with what each can supply (small columns only)."""
+
+    clips: pa.Table  # CLIP_COLUMNS + _rowid
+    images: Optional[pa.Table]  # IMAGE_COLUMNS + _rowid, or None
+    data_dir: str
+
+    def candidates(self, frames: int, fps: int) -> list[tuple[str, int, float]]:
+        """(table, row position, weight) of every row that can supply the shape."""
+        if not hasattr(self, "_by_shape"):
+            self._by_shape: dict[tuple[int, int], list[tuple[str, int, float]]] = {}
+            weights = self.clips.column("weight").to_pylist()
+            for i, pairs in enumerate(self.clips.column("frame_fps").to_pylist()):
+                for pair in pairs:
+                    self._by_shape.setdefault((pair["frames"], pair["fps"]), []).append(("clips", i, weights[i]))
+        out = list(self._by_shape.get((frames, fps), []))
+        if frames == 1 and self.images is not None:
+            out += [("images", i, w) for i, w in enumerate(self.images.column("weight").to_pylist())]
+        return out
+
+
+def load_catalog(data_dir: str | Path, where: Optional[str] = None) -> Catalog:
+    """Read the kept rows; every problem is a ConfigError before any worker starts."""
+    import lance
+
+    data = Path(data_dir)
+    if not (data / CLIPS).exists():
+        raise ConfigError(f"--data: {data / CLIPS} does not exist; run `i2vgen curate ... --out {data}` first")
+    tables = {}
+    for name, columns in ((CLIPS, CLIP_COLUMNS), (IMAGES, IMAGE_COLUMNS)):
+        if not (data / name).exists():
+            continue
+        ds = lance.dataset(str(data / name))
+        missing = [c for c in columns + ["keep"] if c not in ds.schema.names]
+        if missing:
+            raise ConfigError(f"--data: {name} has no column {missing[0]!r} (was it written by this version's curation?)")
+        condition = "keep = true" + (f" AND ({where})" if where else "")
+        try:
+            tables[name] = ds.to_table(columns=columns, filter=condition, with_row_id=True)
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"train.where: cannot apply {where!r} to {name}: {err}") from err
+    if tables[CLIPS].num_rows == 0:
+        raise ConfigError(f"--data: {data / CLIPS} has no kept rows" + (f" matching {where!r}" if where else ""))
+    return Catalog(tables[CLIPS], tables.get(IMAGES), str(data))
+
+
+def _choice(rng: np.random.Generator, values: list, weights: list[float]) -> Any:
+    p = np.asarray(weights, dtype=np.float64)
+    return values[int(rng.choice(len(values), p=p / p.sum()))]
+
+
+def plan_micro_batch(catalog: Catalog, config: Config, index: int) -> dict[str, Any]:
+    """Micro-batch ``index`` of the run: its shape and the rows (plus spares) to load."""
+    train = config.train
+    rng = np.random.default_rng([train.seed, index])
+    shapes = [(f, fps) for f in train.frame_counts for fps in train.fps_values]
+    weights = [fw * pw for fw in train.frame_weights for pw in train.fps_weights]
+    available = [(s, w) for s, w in zip(shapes, weights) if catalog.candidates(*s)]
+    if not available:
+        raise ConfigError("train.frame_counts: no kept row can supply any configured (frames, fps) pair")
+    frames, fps = _choice(rng, [s for s, _ in available], [w for _, w in available])
+    candidates = catalog.candidates(frames, fps)
+    draws = train.micro_batch + train.spare_samples
+    picks = rng.choice(len(candidates), size=draws, p=_normalised([c[2] for c in candidates]))
+    return {
+        "index": index,
+        "frames": frames,
+        "fps": fps,
+        "tables": [candidates[i][0] for i in picks],
+        "rows": [int(candidates[i][1]) for i in picks],
+        "seed": int(rng.integers(2**31)),
+    }
+
+
+def _normalised(weights: list[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    w = np.where(w > 0, w, 0.0)
+    return w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+
+
+def validate_shapes(catalog: Catalog, config: Config, stage: str) -> None:
+    """Frame counts the stage cannot hold fail before any worker starts."""
+    stage_cfg = getattr(config.stages, stage)
+    too_long = [f for f in config.train.frame_counts if f > 32]
+    if too_long:
+        raise ConfigError(f"train.frame_counts: {too_long[0]} frames exceeds the 32 the curated buckets describe")
+    if stage_cfg.width % config.vae.factor or stage_cfg.height % config.vae.factor:
+        raise ConfigError(f"stages.{stage}: size must be a multiple of the VAE factor")
+    plan_micro_batch(catalog, config, 0)
+
+
+class MicroBatchLoader:
+    """Ray Data actor: plan rows in, decoded same-shape micro-batches out.
+
+    Each actor opens the Lance tables once. A sample whose media fails to decode is
+    replaced by the next spare and counted in ``corrupt``; a micro-batch whose spares run
+    out is emitted empty and skipped by the trainer (also counted).
+    """
+
+    def __init__(self, catalog: Catalog, config: Config, stage: str) -> None:
+        import lance
+
+        self.catalog = catalog
+        self.config = config
+        self.stage = stage
+        self.size = (getattr(config.stages, stage).width, getattr(config.stages, stage).height)
+        self.datasets = {"clips": lance.dataset(str(Path(catalog.data_dir) / CLIPS))}
+        if catalog.images is not None:
+            self.datasets["images"] = lance.dataset(str(Path(catalog.data_dir) / IMAGES))
+
+    def __call__(self, plan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list] = {"index": [], "video": [], "fps": [], "caption": [], "corrupt": []}
+        for i in range(len(plan["index"])):
+            row = {k: v[i] for k, v in plan.items()}
+            samples, corrupt = self._load(row)
+            out["index"].append(int(row["index"]))
+            out["corrupt"].append(corrupt)
+            if samples:
+                out["video"].append(np.stack([s[0] for s in samples]))
+                out["caption"].append("\x1f".join(s[1] for s in samples))
+            else:
+                out["video"].append(np.zeros((0, int(row["frames"]), self.size[1], self.size[0], 3), np.uint8))
+                out["caption"].append("")
+            out["fps"].append(int(row["fps"]))
+        return {k: np.array(v, dtype=object) if k == "video" else np.array(v) for k, v in out.items()}
+
+    def _load(self, row: dict[str, Any]) -> tuple[list[tuple[np.ndarray, str]], int]:
+        rng = np.random.default_rng(int(row["seed"]))
+        samples, corrupt = [], 0
+        for table, position in zip(row["tables"], row["rows"]):
+            if len(samples) == self.config.train.micro_batch:
+                break
+            try:
+                samples.append(self._sample(str(table), int(position), int(row["frames"]), int(row["fps"]), rng))
+            except Exception:  # noqa: BLE001 - any decode failure of one blob is the same fault
+                corrupt += 1
+        if len(samples) < self.config.train.micro_batch:
+            return [], corrupt
+        return samples, corrupt
+
+    def _sample(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        meta = (self.catalog.clips if table == "clips" else self.catalog.images).slice(position, 1).to_pylist()[0]
+        crop = meta["crop_base"] if self.stage == "base" else meta["crop_refiner"]
+        row_id = meta["_rowid"]
+        if table == "images":
+            from PIL import Image
+
+            blob = self.datasets["images"].take_blobs("image", ids=[row_id])[0]
+            with blob as f:
+                rgb = np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
+            clip = rgb[None]
+            scale = 1.0
+        else:
+            import decord
+
+            blob = self.datasets["clips"].take_blobs("video", ids=[row_id])[0]
+            with blob as f:
+                reader = decord.VideoReader(io.BytesIO(f.read()), num_threads=1)
+            step = meta["fps"] / fps
+            span = int(np.floor((frames - 1) * step)) + 1
+            start = int(rng.integers(0, max(1, len(reader) - span + 1)))
+            indices = [min(len(reader) - 1, start + int(round(k * step))) for k in range(frames)]
+            clip = reader.get_batch(indices).asnumpy()
+            scale = meta["video_width"] / meta["width"]
+        return centre_crop_resize(clip, crop, scale, self.size), meta["caption"] or ""
+
+
+def centre_crop_resize(frames: np.ndarray, crop: list[int], scale: float, size: tuple[int, int]) -> np.ndarray:
+    """Crop ``[x, y, w, h]`` (in source pixels, ``scale`` maps to the stored media) and resize
+    every frame to ``size`` (width, height)."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y, w, h = (int(round(v * scale)) for v in crop)
+    cropped = torch.from_numpy(np.ascontiguousarray(frames[:, y : y + h, x : x + w])).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(cropped, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def plan_dataset(catalog: Catalog, config: Config, stage: str, start_step: int):
+    """The Ray Dataset of decoded micro-batches from ``start_step`` on, for all workers."""
+    import ray
+
+    per_step = config.train.workers
+    first, last = start_step * per_step, config.train.max_steps * per_step
+    plans = [plan_micro_batch(catalog, config, i) for i in range(first, last)]
+    ds = ray.data.from_items(plans, override_num_blocks=max(1, min(len(plans), 64)))
+    return ds.map_batches(
+        MicroBatchLoader,
+        fn_constructor_args=(catalog, config, stage),
+        batch_size=1,
+        concurrency=max(1, config.train.workers),
+        num_cpus=config.train.loader_cpus,
+    )

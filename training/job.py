@@ -1,0 +1,133 @@
+"""``i2vgen train`` and ``i2vgen export``: a Ray Train ``TorchTrainer`` over DeepSpeed.
+
+The run folder holds everything: the resolved config, Ray Train's checkpoints (each with
+every rank's DeepSpeed shards and the fp32 EMA), ``metrics.jsonl``, TensorBoard logs and
+``loss.png``. Running the same command with the same ``--run`` resumes from the last
+checkpoint; a worker lost mid-run restarts all workers from it (``train.max_failures``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from pipeline.config.loader import ConfigError, config_to_dict, from_dict, validate
+from pipeline.config.schema import Config
+from pipeline.ray_runtime import init_ray
+from training.data import load_catalog, plan_dataset, validate_shapes
+from training.loop import train_loop_per_worker
+
+CONFIG_FILE = "config.yaml"
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest finished checkpoint of a run (Ray Train's ``checkpoint_*`` folders)."""
+    done = [p for p in run_dir.glob("checkpoint_*") if (p / "ema.safetensors").exists()]
+    return max(done, key=lambda p: json.loads((p / "metrics.json").read_text())["step"], default=None)
+
+
+def checkpoint_step(folder: Optional[Path]) -> int:
+    return 0 if folder is None else int(json.loads((folder / "metrics.json").read_text())["step"])
+
+
+def train(
+    config: Config, stage: str, data_dir: str, run_dir: str, init: Optional[str] = None
+) -> dict[str, Any]:
+    """Validate the data, then run (or resume) the stage's training to ``train.max_steps``."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if stage not in ("base", "refiner"):
+        raise ConfigError(f"--stage: must be base or refiner, got {stage!r}")
+    if init and not Path(init).is_file():
+        raise ConfigError(f"--init: {init} is not a file")
+    run = Path(run_dir).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    catalog = load_catalog(data_dir, config.train.where)
+    validate_shapes(catalog, config, stage)
+    (run / CONFIG_FILE).write_text(yaml.safe_dump({"stage": stage, **config_to_dict(config)}, sort_keys=False))
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
+    init_ray()
+
+    def dataset():
+        """Built at every (re)start, from the step of the newest checkpoint on."""
+        return plan_dataset(catalog, config, stage, checkpoint_step(latest_checkpoint(run)))
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "stage": stage, "run_dir": str(run), "init": init},
+        scaling_config=ScalingConfig(
+            num_workers=config.train.workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            storage_path=str(run.parent),
+            name=run.name,
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    plot_losses(run)
+    return {"run": str(run), "step": checkpoint_step(latest_checkpoint(run)), "metrics": result.metrics}
+
+
+def plot_losses(run: Path) -> Optional[Path]:
+    """``loss.png``: the loss per step and its running mean, from ``metrics.jsonl``."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = np.array([r["step"] for r in rows])
+    losses = np.array([r["loss"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, ".", alpha=0.35, label="loss")
+    window = max(1, len(losses) // 20)
+    ax.plot(steps[window - 1 :], np.convolve(losses, np.ones(window) / window, mode="valid"), label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("v-prediction MSE")
+    ax.legend()
+    fig.savefig(run / "loss.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return run / "loss.png"
+
+
+def run_config(run_dir: str | Path) -> tuple[str, Config]:
+    """The stage and config a run was trained with."""
+    raw = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text())
+    stage = raw.pop("stage")
+    config = from_dict(Config, raw)
+    validate(config)
+    return stage, config
+
+
+def export(run_dir: str | Path, out: str | Path) -> Path:
+    """One safetensors file of the EMA weights of the newest checkpoint, with the stage and
+    the config in its metadata, so inference needs nothing else."""
+    from safetensors.torch import load_file, save_file
+
+    run = Path(run_dir)
+    folder = latest_checkpoint(run)
+    if folder is None:
+        raise ConfigError(f"RUN_DIR: {run} has no finished checkpoint to export")
+    stage, config = run_config(run)
+    state = load_file(str(folder / "ema.safetensors"))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"stage": stage, "step": str(checkpoint_step(folder)), "config": yaml.safe_dump(config_to_dict(config))}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
+    return out

@@ -1,0 +1,197 @@
+"""``train_loop_per_worker``: what each Ray Train worker runs, read top to bottom.
+
+Build the stage's denoiser and a DeepSpeed engine around it (frozen CLIP and VAE stay
+outside), restore the last checkpoint if Ray hands one over, then for each micro-batch of
+this worker's dataset shard: encode, diffusion loss, backward, step, EMA. Every
+``checkpoint_every`` steps all ranks save their DeepSpeed shards and report them together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config.schema import Config
+from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
+from training.losses import DiffusionBatch, diffusion_loss
+from training.optim import EMA, build_optimizer, group_rates
+
+CHECKPOINT_TAG = "state"
+
+
+def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
+    train = config.train
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage, "contiguous_gradients": True, "overlap_comm": False},
+        "bf16": {"enabled": use_bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def _init_weights(model: torch.nn.Module, path: str) -> None:
+    """Start from an export (the refiner starts from the base): every UNet weight must fit."""
+    from pipeline.models.weights import load_into, read_state_dict
+
+    state = read_state_dict(path)
+    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    load_into(model.unet, unet, source=f"--init {path}")
+    if model.global_encoder is not None:
+        encoder = {k[len("global_encoder."):]: v for k, v in state.items() if k.startswith("global_encoder.")}
+        if encoder:
+            load_into(model.global_encoder, encoder, source=f"--init {path}")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    config: Config = loop_config["config"]
+    stage: str = loop_config["stage"]
+    run_dir = Path(loop_config["run_dir"])
+    train = config.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_bf16 = train.bf16 and device.type == "cuda"
+    torch.manual_seed(train.seed + rank)
+
+    model = build_denoiser(config, stage)
+    if loop_config.get("init"):
+        _init_weights(model, loop_config["init"])
+    optimizer, schedule = build_optimizer(model, train)
+    engine, optimizer, _, schedule = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
+    )
+    ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3)
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+            ema.load_state_dict(_read_ema(Path(folder)))
+        step = int(client["step"])
+        if rank == 0:
+            print(f"resuming from step {step}", flush=True)
+
+    clip = build_clip(config, device=device)
+    vae = build_autoencoder(config, device=device).to(device)
+    schedule_noise = NoiseSchedule(config.diffusion)
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
+    writer = _metrics_writer(run_dir) if rank == 0 else None
+
+    first_index = step * world  # plan rows before it were trained before the checkpoint
+    shard = ray.train.get_dataset_shard("train")
+    last_good: dict[str, Any] | None = None
+    corrupt_samples = corrupt_batches = 0
+    waited = computed = 0.0
+    window_steps = 0
+    t_wait = time.perf_counter()
+    for batch in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
+        if int(batch["index"][0]) < first_index:
+            continue
+        t_start = time.perf_counter()
+        waited += t_start - t_wait
+        corrupt_samples += int(batch["corrupt"][0])
+        video = batch["video"][0]
+        if len(video) == 0:
+            corrupt_batches += 1
+            if last_good is None:
+                raise RuntimeError("the first micro-batch had no decodable sample; check the curated media")
+            batch = last_good  # every rank must step together, so train on the last good batch again
+            video = batch["video"][0]
+        last_good = batch
+        pixels = torch.from_numpy(np.array(video)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        fps = torch.full((pixels.shape[0],), int(batch["fps"][0]), device=device)
+        with torch.no_grad():
+            latents = vae.encode_video(pixels).to(dtype)
+            if stage == "base":
+                context = clip.encode_image(pixels[:, :, 0]).to(dtype)
+            else:
+                context = clip.encode_text(str(batch["caption"][0]).split("\x1f")).to(dtype)
+        data = DiffusionBatch(latents, context, fps, latents[:, :, 0] if stage == "base" else None)
+        loss = diffusion_loss(engine, schedule_noise, data, config, generator)
+        engine.backward(loss)
+        engine.step()
+        ema.update(engine.module)
+        step += 1
+        window_steps += 1
+        computed += time.perf_counter() - t_start
+        metrics = {
+            "step": step,
+            "loss": float(loss.item()),
+            **group_rates(optimizer),
+            "samples_per_s": pixels.shape[0] * world * window_steps / max(computed + waited, 1e-9),
+            "data_wait_share": waited / max(waited + computed, 1e-9),
+            "frames": int(pixels.shape[2]),
+            "corrupt_samples": corrupt_samples,
+            "corrupt_batches": corrupt_batches,
+        }
+        if writer is not None:
+            writer(metrics)
+        if step % train.checkpoint_every == 0 or step >= train.max_steps:
+            _save_and_report(engine, ema, metrics, rank, Checkpoint)
+            waited = computed = 0.0
+            window_steps = 0
+        elif step % train.log_every == 0:
+            ray.train.report(metrics)
+        t_wait = time.perf_counter()
+        if step >= train.max_steps:
+            break
+
+
+def _save_and_report(engine, ema: EMA, metrics: dict[str, Any], rank: int, checkpoint_cls) -> None:
+    """Every rank saves its shard into one folder and reports it (Ray merges them)."""
+    import ray.train
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    folder = tempfile.mkdtemp(prefix="i2vgen-ckpt-")
+    engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": metrics["step"]})
+    if rank == 0:
+        save_file(ema.state_dict(), os.path.join(folder, "ema.safetensors"))
+        Path(folder, "metrics.json").write_text(json.dumps(metrics))
+    dist.barrier()
+    ray.train.report(metrics, checkpoint=checkpoint_cls.from_directory(folder))
+
+
+def _read_ema(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "ema.safetensors"))
+
+
+def _metrics_writer(run_dir: Path):
+    """Rank 0's metrics: a JSON line per step, TensorBoard scalars, and a progress line."""
+    from tensorboardX import SummaryWriter
+
+    board = SummaryWriter(str(run_dir / "tensorboard"))
+    lines = open(run_dir / "metrics.jsonl", "a", buffering=1)
+
+    def write(metrics: dict[str, Any]) -> None:
+        lines.write(json.dumps(metrics) + "\n")
+        for key, value in metrics.items():
+            if key != "step":
+                board.add_scalar(key, value, metrics["step"])
+        print(
+            f"step {metrics['step']}: loss {metrics['loss']:.4f}, lr {metrics['lr_temporal']:.2e} / "
+            f"{metrics['lr_spatial']:.2e}, {metrics['samples_per_s']:.2f} samples/s, "
+            f"waiting {100 * metrics['data_wait_share']:.0f}%",
+            flush=True,
+        )
+
+    return write
