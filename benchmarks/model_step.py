@@ -51,7 +51,7 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
     cuda = device.startswith("cuda")
 
     def step() -> None:
-        loss = diffusion_loss(model, schedule, data, config)
+        loss, _ = diffusion_loss(model, schedule, data, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

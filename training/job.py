@@ -25,9 +25,13 @@ CONFIG_FILE = "config.yaml"
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest finished checkpoint of a run (Ray Train's ``checkpoint_*`` folders)."""
-    done = [p for p in run_dir.glob("checkpoint_*") if (p / "ema.safetensors").exists()]
-    return max(done, key=lambda p: json.loads((p / "metrics.json").read_text())["step"], default=None)
+    """The newest checkpoint Ray Train registered for the run (a folder can exist on disk
+    before its report completes; only registered ones are resumed from)."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return None
+    latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    return Path(run_dir) / latest["checkpoint_dir_name"] if latest else None
 
 
 def checkpoint_step(folder: Optional[Path]) -> int:

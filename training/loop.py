@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             else:
                 context = clip.encode_text(str(batch["caption"][0]).split("\x1f")).to(dtype)
         data = DiffusionBatch(latents, context, fps, latents[:, :, 0] if stage == "base" else None)
-        loss = diffusion_loss(engine, schedule_noise, data, config, generator)
+        loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
         engine.step()
         ema.update(engine.module)
@@ -138,8 +139,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_s": pixels.shape[0] * world * window_steps / max(computed + waited, 1e-9),
             "data_wait_share": waited / max(waited + computed, 1e-9),
             "frames": int(pixels.shape[2]),
+            "max_timestep": int(timesteps.max()),
             "corrupt_samples": corrupt_samples,
             "corrupt_batches": corrupt_batches,
+            "optimizer_state_mb": optimizer_state_bytes(optimizer) / 2**20,
+            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if writer is not None:
             writer(metrics)
@@ -152,6 +156,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t_wait = time.perf_counter()
         if step >= train.max_steps:
             break
+    if step < train.max_steps:
+        raise RuntimeError(f"the data plan ran out at step {step} of {train.max_steps}")
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of optimizer state this rank holds (ZeRO partitions it: it shrinks with the stage)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return sum(v.numel() * v.element_size() for state in inner.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor))
 
 
 def _save_and_report(engine, ema: EMA, metrics: dict[str, Any], rank: int, checkpoint_cls) -> None:

@@ -33,11 +33,12 @@ def diffusion_loss(
     batch: DiffusionBatch,
     config: Config,
     generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample t in the stage's range, noise with offset noise (plus the image on frame 0 for
     the base), drop conditions for guidance, and regress the schedule's target.
 
-    ``model`` is a ``StageDenoiser`` or a DeepSpeed engine wrapping one."""
+    ``model`` is a ``StageDenoiser`` or a DeepSpeed engine wrapping one. Returns the loss
+    and the timesteps drawn (so callers can log them)."""
     stage_name = getattr(model, "module", model).stage
     stage = getattr(config.stages, stage_name)
     x0 = batch.latents
@@ -49,4 +50,4 @@ def diffusion_loss(
     keep = condition_keep_mask(b, stage.condition_dropout, generator, device)
     x_t = schedule.add_noise(x0, noise, t)
     prediction = model(x_t, t, batch.context, batch.fps, batch.image_latent, keep_condition=keep)
-    return F.mse_loss(prediction.float(), schedule.target(x0, noise, t).float())
+    return F.mse_loss(prediction.float(), schedule.target(x0, noise, t).float()), t

@@ -1,0 +1,149 @@
+"""Training end to end through ``python -m pipeline train`` / ``export`` on a tiny curated
+table, with 2 CPU workers: ZeRO-2 and ZeRO-3 runs, the 0.2 spatial rate read back from the
+running optimizer, resume from the run folder, a worker killed mid-run, the exported EMA."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from curation.synthetic import write_sample_corpus
+from pipeline.config import load_config
+from pipeline.models.build import build_denoiser
+from pipeline.models.weights import load_into
+from training.job import latest_checkpoint
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    corpus = tmp_path_factory.mktemp("train_corpus")
+    write_sample_corpus(corpus, videos=2, seed=5)
+    out = tmp_path_factory.mktemp("train_data")
+    proc = _cli("curate", str(corpus), "--out", str(out), "--preset", "tiny", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_run(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "base"
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                "--zero-stage", "2", "--max-steps", "4", "--checkpoint-every", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run
+
+
+def test_zero2_base_run_keeps_the_spatial_rate_ratio(base_run) -> None:
+    rows = _metrics(base_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert r["lr_spatial"] == pytest.approx(0.2 * r["lr_temporal"])  # read from the running optimizer
+        assert r["lr_temporal"] == pytest.approx(load_config("tiny").train.lr)
+    assert (base_run / "loss.png").exists() and any((base_run / "tensorboard").iterdir())
+
+
+def test_export_holds_the_ema_weights(base_run, tmp_path) -> None:
+    out = tmp_path / "base.safetensors"
+    proc = _cli("export", str(base_run), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["stage"] == "base" and meta["step"] == "4"
+    model = build_denoiser(load_config("tiny"), "base")
+    exported = load_file(str(out))
+    load_into(model, exported)  # every key fits the model
+    ema = load_file(str(latest_checkpoint(base_run) / "ema.safetensors"))
+    for key, value in ema.items():
+        assert torch.equal(exported[key], value)
+    fresh = build_denoiser(load_config("tiny"), "base").state_dict()
+    moved = [k for k in exported if "conv4" in k and not torch.equal(exported[k], fresh[k])]
+    assert moved  # zero-initialised temporal layers were trained away from zero
+
+
+def test_rerun_resumes_from_the_run_folder(base_run, data) -> None:
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(base_run), "--preset", "tiny",
+                "--zero-stage", "2", "--max-steps", "6", "--checkpoint-every", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming from step 4" in proc.stdout + proc.stderr
+    assert [r["step"] for r in _metrics(base_run)][-2:] == [5, 6]
+
+
+def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> None:
+    base = tmp_path / "base.safetensors"
+    assert _cli("export", str(base_run), "--out", str(base)).returncode == 0
+    run = tmp_path / "refiner"
+    proc = _cli("train", "--stage", "refiner", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                "--zero-stage", "3", "--max-steps", "3", "--checkpoint-every", "3", "--init", str(base))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = _metrics(run)
+    assert rows[-1]["step"] == 3
+    assert max(r["max_timestep"] for r in rows) < 600
+    refiner = tmp_path / "refiner.safetensors"
+    assert _cli("export", str(run), "--out", str(refiner)).returncode == 0
+    state = load_file(str(refiner))
+    assert not any(k.startswith("global_encoder.") for k in state)
+    load_into(build_denoiser(load_config("tiny"), "refiner"), state)
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> None:
+    import psutil
+
+    run = tmp_path / "killed"
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "--stage", "base", "--data", str(data), "--run", str(run),
+         "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None and not killed:
+        # step 4 logged means rank 0 came back from reporting the step-2 checkpoint
+        if (run / "metrics.jsonl").exists() and any(r["step"] >= 4 for r in _metrics(run)):
+            workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
+                       if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started]
+            if workers:  # only this run's workers, not a finished run's that is still shutting down
+                os.kill(workers[-1].pid, signal.SIGKILL)
+                killed = True
+        time.sleep(0.2)
+    output, _ = proc.communicate(timeout=600)
+    assert killed, "no training worker was found to kill"
+    assert proc.returncode == 0, output[-4000:]
+    assert "resuming from step" in output
+    assert _metrics(run)[-1]["step"] == 16
+    assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 16
+
+
+def test_bad_data_fails_before_any_worker_starts(data, tmp_path) -> None:
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(tmp_path / "r"), "--preset", "tiny",
+                "--where", "aesthetic > 100")
+    assert proc.returncode == 2 and "no kept rows" in proc.stderr
+    proc = _cli("train", "--stage", "base", "--data", str(tmp_path / "nothing"), "--run", str(tmp_path / "r2"),
+                "--preset", "tiny")
+    assert proc.returncode == 2 and "curate" in proc.stderr
+    broken = tmp_path / "broken_table"
+    shutil.copytree(data, broken)
+    import lance
+
+    lance.dataset(str(broken / "clips.lance")).drop_columns(["frame_fps"])
+    proc = _cli("train", "--stage", "base", "--data", str(broken), "--run", str(tmp_path / "r3"), "--preset", "tiny")
+    assert proc.returncode == 2 and "frame_fps" in proc.stderr
