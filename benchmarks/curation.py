@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 # This script shares its name with the package it measures: drop its own folder from the
 # import path so `import curation` finds the package.
@@ -170,7 +169,6 @@ def job(folder: Path, out: Path, preset: str) -> float:
 
 def score_agreement(out: Path) -> float | None:
     import lance
-    import pandas as pd
 
     table = lance.dataset(str(out / "clips.lance")).to_table(columns=["motion_flow", "motion_vectors"]).to_pandas()
     table = table.dropna()

@@ -42,7 +42,6 @@ def train(
     config: Config, stage: str, data_dir: str, run_dir: str, init: Optional[str] = None
 ) -> dict[str, Any]:
     """Validate the data, then run (or resume) the stage's training to ``train.max_steps``."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -158,8 +158,9 @@ class SplitConfig:
 
 @dataclass
 class ScoringConfig:
-    # Analysis frames per second that motion and subject scoring sample.
-    sample_fps: float = 4.0
+    # Analysis frames per second that motion and subject scoring sample (2, as Data-Juicer
+    # and video2dataset use for optical flow).
+    sample_fps: float = 2.0
     # Which motion score decides: dense optical flow or the codec's own motion vectors.
     motion: Literal["farneback", "motion_vectors"] = "farneback"
     # LAION aesthetic head and CLIP ViT-L/14 weights (local files); without them a
