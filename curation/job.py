@@ -133,10 +133,20 @@ def _scored(rows: list[dict[str, Any]], schema: pa.Schema, config: Config) -> ra
     ).map_batches(lambda b: b.select(schema.names).cast(schema), batch_format="pyarrow")
 
 
+def _committed(uri: Path) -> bool:
+    """A Lance table with at least one committed version. A run killed during its very first
+    write leaves a folder without ``_versions``: it holds nothing and is written afresh."""
+    return (uri / "_versions").is_dir() and any((uri / "_versions").iterdir())
+
+
 def _write(uri: Path, ds: ray.data.Dataset, schema: pa.Schema) -> None:
+    import shutil
+
     import lance_ray
 
-    mode = "append" if uri.exists() else "create"
+    if uri.exists() and not _committed(uri):
+        shutil.rmtree(uri)
+    mode = "append" if _committed(uri) else "create"
     lance_ray.write_lance(ds, str(uri), schema=schema, mode=mode)
 
 
@@ -147,7 +157,7 @@ def _append_rejects(out: Path, rejects: Iterable[InputReject]) -> None:
 
 
 def _column(uri: Path, name: str) -> set:
-    if not uri.exists():
+    if not _committed(uri):
         return set()
     import lance
 
@@ -166,7 +176,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {"out": str(out)}
     for kind, (name, _, key) in TABLES.items():
         uri = out / name
-        if not uri.exists():
+        if not _committed(uri):
             continue
         ds = lance.dataset(str(uri))
         score_cols = ["aesthetic", "subject"] + (["motion"] if kind == "video" else [])
@@ -194,7 +204,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
             "kept": int(keep.sum()),
             "dropped_by": dict(dropped),
         }
-    if (out / REJECTS).exists():
+    if _committed(out / REJECTS):
         stages = lance.dataset(str(out / REJECTS)).to_table(columns=["stage"]).column("stage").to_pylist()
         summary["rejects"] = {"rows": len(stages), "by_stage": dict(Counter(stages))}
     return summary

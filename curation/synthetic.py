@@ -1,282 +1,487 @@
 """Real encoded test media with known ground truth: multi-shot videos, broken files, images.
 
-Tests, benchmarks and the demo need videos whose cut positions, static and moving shots and
-subject sizes are known exactly. Everything is drawn with numpy and encoded with PyAV's
-libx264, one frame at a time, so a five-minute 720p video costs no more memory than a frame.
+Curation is judged by classical detectors (PySceneDetect for shots, optical flow for motion,
+saliency for the subject) running on real decoded files, so its tests need real files whose
+answers are known exactly: where the cuts and dissolves are, which shots are static and which
+move, how much of a frame the subject covers, and one file for each way an input can be broken.
+
+Frames are drawn with numpy and PIL and encoded with PyAV's libx264 one at a time: nothing
+holds more than a frame or two plus one source texture, so a five-minute 720p video costs
+the same memory as a five-second one.
 """
 
 from __future__ import annotations
 
+import colorsys
+import csv
 import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-_MS = Fraction(1, 1000)
 ShotKind = Literal["static", "pan", "moving_shape", "texture"]
+KINDS: tuple[ShotKind, ...] = ("static", "pan", "moving_shape", "texture")
+PAN_SPEED = 0.02  # of the frame width per frame: a strong flow that still stays trackable
+_CRF_ENCODERS = {"h264", "libx264", "hevc", "libx265"}  # the x264/x265 family takes crf and preset
+
+Renderer = Callable[[int], np.ndarray]  # frame index within the shot -> RGB uint8 frame
 
 
 @dataclass(frozen=True)
 class ShotSpec:
+    """One shot of a synthetic video.
+
+    ``transition`` says how this shot begins (ignored for the first shot); a dissolve's
+    frames are part of this shot's ``frames``. ``seed`` picks the palette and texture, so
+    shots with different seeds look clearly different across a cut.
+    """
+
     kind: ShotKind
     frames: int
-    transition: Literal["cut", "dissolve"] = "cut"  # how this shot begins
+    transition: Literal["cut", "dissolve"] = "cut"
     dissolve_frames: int = 12
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.frames < 1:
+            raise ValueError(f"a shot needs at least one frame, got {self.frames}")
+        if self.transition not in ("cut", "dissolve"):
+            raise ValueError(f"transition must be 'cut' or 'dissolve', got {self.transition!r}")
+        if self.transition == "dissolve" and not 1 <= self.dissolve_frames <= self.frames:
+            raise ValueError(f"dissolve_frames must be in 1..{self.frames}, got {self.dissolve_frames}")
 
 
 @dataclass(frozen=True)
 class SyntheticVideo:
+    """What was written, and the ground truth a detector should find in it."""
+
     path: Path
     fps: int
     width: int
     height: int
     num_frames: int
-    cuts: list[int]  # first frame of each shot that begins with a hard cut
+    cuts: list[int]  # first frame of each shot that begins with a hard cut (never 0)
     dissolves: list[tuple[int, int]]  # [start, end) of each cross-fade
-    shots: list[tuple[str, int, int]]  # (kind, start, end) per shot
+    shots: list[tuple[str, int, int]]  # (kind, start, end exclusive) per shot, in order
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
-    """Value noise in 0..1: random values on a coarse grid, upsampled bilinearly."""
-    coarse = rng.random((height // cell + 2, width // cell + 2, 3))
-    img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
-    return np.asarray(img, dtype=np.float32) / 255.0
+# ----------------------------------------------------------------------------- drawing
 
 
-def _palette(seed: int) -> tuple[np.ndarray, float]:
-    """A distinct tint and brightness per seed, so neighbouring shots differ clearly."""
-    rng = np.random.default_rng(seed + 1000)
-    return rng.uniform(0.2, 1.0, size=3).astype(np.float32), float(rng.uniform(0.35, 0.85))
+def _palette(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A dark and a light colour for a seed, as float RGB in 0..1.
+
+    Hues step by the golden ratio and brightness alternates with the seed's parity, so
+    shots with neighbouring seeds differ in hue, saturation and value at once: a cut
+    between them is a large HSV change for ContentDetector, not a borderline one.
+    """
+    hue = (seed * 0.618034 + 0.1) % 1.0
+    value = 0.9 if seed % 2 == 0 else 0.55
+    light = colorsys.hsv_to_rgb(hue, 0.55, value)
+    dark = colorsys.hsv_to_rgb((hue + 0.08) % 1.0, 0.8, value * 0.35)
+    return np.array(dark, np.float32), np.array(light, np.float32)
 
 
-def _shot_frames(spec: ShotSpec, height: int, width: int) -> Iterator[np.ndarray]:
-    """RGB uint8 frames of one shot, generated lazily."""
+def _periodic_noise(rng: np.random.Generator, height: int, width: int, scale: float) -> np.ndarray:
+    """Smooth noise in 0..1 that tiles seamlessly in both directions.
+
+    White noise low-pass filtered in the Fourier domain is periodic by construction, so a
+    pan can wrap around the canvas forever without a seam (a seam would be a false cut).
+    ``scale`` is the blob size in pixels; an octave at a quarter of it adds the fine detail
+    optical flow needs to lock on.
+    """
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    radius2 = fy**2 + fx**2
+    total = np.zeros((height, width), np.float32)
+    for blob, weight in ((scale, 1.0), (scale / 4, 0.35), (1.5, 0.12)):
+        spectrum = np.fft.rfft2(rng.standard_normal((height, width)).astype(np.float32))
+        spectrum *= np.exp(-radius2 * (blob / 2) ** 2 * 2 * math.pi**2)
+        layer = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
+        total += weight * layer / (layer.std() + 1e-8)
+    low, high = np.percentile(total, [1, 99])
+    return np.clip((total - low) / (high - low + 1e-8), 0, 1)
+
+
+def _colourise(values: np.ndarray, seed: int) -> np.ndarray:
+    """Map 0..1 values onto the seed's dark-to-light ramp, as RGB uint8."""
+    dark, light = _palette(seed)
+    rgb = dark + values[..., None] * (light - dark)
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def _gradient(height: int, width: int, seed: int, contrast: float) -> np.ndarray:
+    """A smooth diagonal ramp in the seed's palette: background with no edges at all."""
+    ramp = np.add.outer(np.linspace(0, 0.4, height), np.linspace(0, 0.6, width)).astype(np.float32)
+    return _colourise(0.5 + contrast * (ramp - 0.5), seed)
+
+
+def _shape_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour, so shapes stand out from the muted backgrounds."""
+    r, g, b = colorsys.hsv_to_rgb(float(rng.random()), 0.9, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _static(spec: ShotSpec, height: int, width: int) -> Renderer:
+    """One fixed image with structure (gradient, texture, shapes), so it is not flat."""
     rng = np.random.default_rng(spec.seed)
-    tint, brightness = _palette(spec.seed)
-    if spec.kind == "pan":
-        canvas = _smooth_noise(rng, height, width * 3, cell=max(8, width // 10)) * tint * brightness * 1.6
-        speed = max(1, int(0.01 * width))  # a steady pan: a third of the frame per second at 24 fps
-        for i in range(spec.frames):
-            x = (i * speed) % (2 * width)
-            yield np.clip(canvas[:, x : x + width] * 255, 0, 255).astype(np.uint8)
-        return
-    base = _smooth_noise(rng, height, width, cell=24) * 0.5 + 0.25
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    gradient = (xx / width)[..., None] * 0.3
-    background = np.clip((base + gradient) * tint * brightness * 1.4, 0, 1)
-    shapes = background.copy()
-    for _ in range(3):  # a few fixed shapes so even static shots have structure
-        cy, cx, r = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width, rng.uniform(0.05, 0.12) * height
-        shapes[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, 3)
-    colour = rng.uniform(0.6, 1.0, 3).astype(np.float32)
-    for i in range(spec.frames):
-        if spec.kind == "static":
-            frame = shapes
-        elif spec.kind == "moving_shape":
-            frame = background.copy()
-            cx = (0.1 + 0.8 * i / max(1, spec.frames - 1)) * width
-            cy = height * (0.5 + 0.2 * math.sin(i / 6))
-            frame[(np.abs(xx - cx) < 0.1 * width) & (np.abs(yy - cy) < 0.15 * height)] = colour
-        else:  # texture: the pattern rotates slowly about the centre
-            angle = i * 0.02
-            u = (xx - width / 2) * math.cos(angle) - (yy - height / 2) * math.sin(angle)
-            v = (xx - width / 2) * math.sin(angle) + (yy - height / 2) * math.cos(angle)
-            stripes = 0.5 + 0.5 * np.sin(u / 7.0) * np.cos(v / 11.0)
-            frame = np.clip(background * (0.6 + 0.6 * stripes[..., None]), 0, 1)
-        yield (frame * 255).astype(np.uint8)
+    texture = _periodic_noise(rng, height, width, scale=max(4.0, width / 12))
+    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    image = Image.fromarray(_colourise(0.6 * ramp + 0.4 * texture, spec.seed))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        cx, cy = rng.uniform(0.15, 0.85) * width, rng.uniform(0.2, 0.8) * height
+        r = rng.uniform(0.06, 0.14) * min(width, height) + 1
+        box = [cx - r, cy - r, cx + r, cy + r]
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=_shape_colour(rng))
+    frame = np.asarray(image)
+    return lambda i: frame
 
 
-def _open_writer(path: Path, fps: int, size: tuple[int, int], crf: int, codec: str = "h264"):
-    container = av.open(str(path), "w")
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height = size
-    stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": str(crf), "preset": "veryfast"}
-    return container, stream
+def _pan(spec: ShotSpec, height: int, width: int) -> Renderer:
+    """A window sliding right across a wide seamless texture at a constant speed."""
+    rng = np.random.default_rng(spec.seed)
+    period = 2 * width
+    canvas = _colourise(_periodic_noise(rng, height, period, scale=max(4.0, width / 8)), spec.seed)
+    canvas = np.concatenate([canvas, canvas[:, :width]], axis=1)  # lets any window be one slice
+    speed = max(1, round(PAN_SPEED * width))
+    return lambda i: np.ascontiguousarray(canvas[:, (i * speed) % period :][:, :width])
 
 
-def _encode(path: Path, frames: Iterator[np.ndarray], fps: int, size: tuple[int, int], crf: int, codec: str) -> int:
-    container, stream = _open_writer(path, fps, size, crf, codec)
+def _bounce(t: float, span: float) -> float:
+    """Position after travelling ``t`` back and forth along ``span``: shapes never leave."""
+    if span <= 0:
+        return 0.0
+    t %= 2 * span
+    return t if t <= span else 2 * span - t
+
+
+def _moving_shape(spec: ShotSpec, height: int, width: int) -> Renderer:
+    """A low-contrast background with a disc and a rectangle bouncing across it."""
+    rng = np.random.default_rng(spec.seed)
+    background = Image.fromarray(_gradient(height, width, spec.seed, contrast=0.4))
+    side = max(2.0, 0.25 * height)
+    shapes = [  # (draw method, colour, start x, start y, speed x, speed y); pixels and pixels per frame
+        ("ellipse", _shape_colour(rng), rng.uniform(0, width), rng.uniform(0, height), 0.015 * width, 0.01 * height),
+        ("rectangle", _shape_colour(rng), rng.uniform(0, width), rng.uniform(0, height), 0.01 * width, 0.02 * height),
+    ]
+
+    def render(i: int) -> np.ndarray:
+        image = background.copy()
+        draw = ImageDraw.Draw(image)
+        for method, colour, x0, y0, vx, vy in shapes:
+            x, y = _bounce(x0 + i * vx, width - side), _bounce(y0 + i * vy, height - side)
+            getattr(draw, method)([x, y, x + side, y + side], fill=colour)
+        return np.asarray(image)
+
+    return render
+
+
+def _texture(spec: ShotSpec, height: int, width: int) -> Renderer:
+    """A striped, noisy pattern that slowly rotates and breathes in and out (zoom)."""
+    rng = np.random.default_rng(spec.seed)
+    size = math.ceil(math.hypot(width, height)) + 2  # covers the frame at any angle
+    noise = _periodic_noise(rng, size, size, scale=max(4.0, size / 10))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    stripes = 0.5 + 0.5 * np.sin((xx + 0.5 * yy) * (2 * math.pi / max(6.0, width / 16)))
+    source = Image.fromarray(_colourise(0.65 * noise + 0.35 * stripes, spec.seed))
+    centre_in, cx, cy = size / 2, width / 2, height / 2
+
+    def render(i: int) -> np.ndarray:
+        angle = math.radians(0.8 * i)
+        zoom = 1.15 + 0.1 * math.sin(i / 20)  # >= 1, so the view stays inside the source
+        a, b = math.cos(angle) / zoom, -math.sin(angle) / zoom
+        c, d = math.sin(angle) / zoom, math.cos(angle) / zoom
+        affine = (a, b, centre_in - a * cx - b * cy, c, d, centre_in - c * cx - d * cy)
+        return np.asarray(source.transform((width, height), Image.AFFINE, affine, Image.BILINEAR))
+
+    return render
+
+
+_RENDERERS: dict[str, Callable[[ShotSpec, int, int], Renderer]] = {
+    "static": _static, "pan": _pan, "moving_shape": _moving_shape, "texture": _texture,
+}
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int, int], codec: str = "h264",
+            crf: int = 23, pts_ms: Iterable[int] | None = None) -> int:
+    """Encode RGB frames as they arrive; returns how many were written.
+
+    ``pts_ms`` gives each frame's timestamp in milliseconds for variable-rate files;
+    otherwise frames are spaced 1/fps apart by the encoder.
+    """
+    width, height = size
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs an even width and height, got {width}x{height}")
     count = 0
-    with container:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec in _CRF_ENCODERS:
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        stamps = iter(pts_ms) if pts_ms is not None else None
         for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if stamps is not None:
+                frame.pts, frame.time_base = next(stamps), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
             count += 1
         container.mux(stream.encode(None))
     return count
 
 
-def write_video(
-    path: Path, shots: list[ShotSpec], fps: int = 24, size: tuple[int, int] = (320, 180),
-    codec: str = "h264", crf: int = 23,
-) -> SyntheticVideo:
-    """Encode ``shots`` back to back; a dissolve cross-fades from the previous shot's last
-    frame over the new shot's first ``dissolve_frames`` frames."""
+def _timeline(shots: list[ShotSpec]) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, int, int]]]:
+    """Cuts, dissolves and shot spans, known before a single frame is drawn."""
+    cuts, dissolves, spans, start = [], [], [], 0
+    for n, spec in enumerate(shots):
+        if n and spec.transition == "cut":
+            cuts.append(start)
+        elif n:
+            dissolves.append((start, start + spec.dissolve_frames))
+        spans.append((spec.kind, start, start + spec.frames))
+        start += spec.frames
+    return cuts, dissolves, spans
+
+
+def _video_frames(shots: list[ShotSpec], height: int, width: int) -> Iterator[np.ndarray]:
+    """Every frame of the video in order, holding at most two shots' renderers.
+
+    A dissolve keeps the previous shot running past its end (its motion continues under
+    the fade, as in a real cross-fade) and blends it out linearly over the new shot's
+    first ``dissolve_frames`` frames.
+    """
+    previous: tuple[Renderer, int] | None = None
+    for n, spec in enumerate(shots):
+        render = _RENDERERS[spec.kind](spec, height, width)
+        fade = spec.dissolve_frames if n and spec.transition == "dissolve" else 0
+        for i in range(spec.frames):
+            frame = render(i)
+            if i < fade and previous is not None:
+                old_render, old_frames = previous
+                alpha = (i + 1) / (fade + 1)
+                frame = (alpha * frame + (1 - alpha) * old_render(old_frames + i) + 0.5).astype(np.uint8)
+            yield frame
+        previous = (render, spec.frames)
+
+
+def write_video(path: Path, shots: list[ShotSpec], fps: int = 24, size: tuple[int, int] = (320, 180),
+                codec: str = "h264", crf: int = 23) -> SyntheticVideo:
+    """Encode ``shots`` back to back into ``path``; returns the file's ground truth.
+
+    ``size`` is (width, height). Options crf and preset apply to the x264/x265 encoders;
+    other codecs use their defaults.
+    """
+    if not shots:
+        raise ValueError("a video needs at least one shot")
     width, height = size
-    cuts, dissolves, spans = [], [], []
-
-    def frames() -> Iterator[np.ndarray]:
-        start, last = 0, None
-        for n, spec in enumerate(shots):
-            if n and spec.transition == "cut":
-                cuts.append(start)
-            if n and spec.transition == "dissolve":
-                dissolves.append((start, start + spec.dissolve_frames))
-            spans.append((spec.kind, start, start + spec.frames))
-            for i, frame in enumerate(_shot_frames(spec, height, width)):
-                if n and spec.transition == "dissolve" and i < spec.dissolve_frames and last is not None:
-                    alpha = (i + 1) / (spec.dissolve_frames + 1)
-                    frame = (alpha * frame + (1 - alpha) * last).astype(np.uint8)
-                else:
-                    last_of_shot = frame
-                yield frame
-            last = last_of_shot
-            start += spec.frames
-
-    count = _encode(Path(path), frames(), fps, size, crf, codec)
+    cuts, dissolves, spans = _timeline(shots)
+    count = _encode(Path(path), _video_frames(shots, height, width), fps, size, codec, crf)
     return SyntheticVideo(Path(path), fps, width, height, count, cuts, dissolves, spans)
 
 
 def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), fps: int = 24) -> SyntheticVideo:
-    """One long pan, streamed: for memory and throughput figures on long inputs."""
-    return write_video(path, [ShotSpec("pan", int(seconds * fps), seed=7)], fps=fps, size=size)
+    """One long pan, streamed frame by frame: for memory and throughput on long inputs."""
+    return write_video(path, [ShotSpec("pan", max(1, round(seconds * fps)), seed=7)], fps=fps, size=size)
+
+
+# ------------------------------------------------------------------------------ images
 
 
 def write_subject_frame(height: int, width: int, share: float, seed: int = 0) -> np.ndarray:
-    """A smooth, low-contrast background with one saturated disc covering ``share`` of it."""
+    """A smooth low-contrast background with one saturated object covering ``share`` of it.
+
+    The object is the ``round(share * height * width)`` pixels nearest the centre, so its
+    area is exact to a pixel: a disc while one fits, else a rectangle of the frame's own
+    aspect ratio (which reaches share 1). A saliency scorer should report about ``share``.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.array(rng.uniform(90, 140, 3), dtype=np.float32)
-    frame = base + 15 * (xx / width)[..., None] + 10 * (yy / height)[..., None]
-    radius = math.sqrt(share * height * width / math.pi)
-    frame[(yy - height / 2 + 0.5) ** 2 + (xx - width / 2 + 0.5) ** 2 < radius**2] = rng.choice(
-        [[230, 30, 40], [30, 200, 60], [40, 60, 230]]
-    )
-    return np.clip(frame, 0, 255).astype(np.uint8)
+    frame = _gradient(height, width, seed, contrast=0.15)
+    grey = frame.mean(axis=2, keepdims=True)  # desaturate: the object must be the salient one
+    frame = (0.3 * frame + 0.7 * grey).astype(np.uint8)
+    dy = np.abs(np.arange(height, dtype=np.float32) - (height - 1) / 2)[:, None]
+    dx = np.abs(np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]
+    disc_fits = share * height * width <= math.pi * (min(height, width) / 2) ** 2
+    distance = np.hypot(dy, dx) if disc_fits else np.maximum(dy / height, dx / width)
+    count = round(share * height * width)
+    nearest = np.argsort(distance.ravel(), kind="stable")[:count]
+    frame.reshape(-1, 3)[nearest] = _shape_colour(rng)
+    return frame
 
 
-def write_broken_files(folder: Path) -> dict[str, Path]:
-    """One file per kind of bad input curation must turn into a reject."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {name: folder / fname for name, fname in [
-        ("zero_byte", "zero_byte.mp4"), ("truncated", "truncated.mp4"), ("text", "not_a_video.mp4"),
-        ("audio_only", "audio_only.mp4"), ("one_frame", "one_frame.mp4"), ("tiny", "tiny_8x8.mp4"),
-        ("vfr", "vfr.mp4"), ("corrupt_middle", "corrupt_middle.mp4"),
-    ]}
-    files["zero_byte"].write_bytes(b"")
-    files["text"].write_text("this is a text file wearing an .mp4 extension\n")
-    write_video(files["truncated"], [ShotSpec("pan", 48, seed=11)])
-    data = files["truncated"].read_bytes()
-    files["truncated"].write_bytes(data[: int(len(data) * 0.4)])
-    write_video(files["one_frame"], [ShotSpec("static", 1, seed=12)])
-    write_video(files["tiny"], [ShotSpec("moving_shape", 24, seed=13)], size=(8, 8))
-    _write_audio_only(files["audio_only"])
-    _write_vfr(files["vfr"])
-    write_video(files["corrupt_middle"], [ShotSpec("pan", 36, seed=14), ShotSpec("texture", 36, seed=15)])
-    data = bytearray(files["corrupt_middle"].read_bytes())
-    mdat = data.find(b"mdat")
-    middle = mdat + (len(data) - mdat) // 2
-    data[middle : middle + 4000] = np.random.default_rng(3).integers(0, 256, 4000, dtype=np.uint8).tobytes()
-    files["corrupt_middle"].write_bytes(bytes(data))
-    return files
+def write_image_manifest(folder: Path, count: int = 6, fmt: Literal["csv", "jsonl", "parquet"] = "csv",
+                         bad_rows: int = 2, size: tuple[int, int] = (320, 180)) -> Path:
+    """``count`` distinct images in ``folder/images`` and ``folder/manifest.<fmt>`` listing them.
 
-
-def _write_audio_only(path: Path) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=44100)
-        t = np.arange(44100, dtype=np.float32) / 44100
-        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-        for start in range(0, tone.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 44100, start
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
-
-def _write_vfr(path: Path) -> None:
-    """Frames at irregular times (20, 60, 33 ms apart), as phones record."""
-    container, stream = _open_writer(path, 30, (160, 96), 23)
-    stream.codec_context.time_base = _MS
-    with container:
-        pts = 0
-        for i, rgb in enumerate(_shot_frames(ShotSpec("moving_shape", 36, seed=16), 96, 160)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = pts
-            frame.time_base = _MS
-            container.mux(stream.encode(frame))
-            pts += (20, 60, 33)[i % 3]
-        container.mux(stream.encode(None))
-
-
-def write_image_manifest(
-    folder: Path, count: int = 6, fmt: Literal["csv", "jsonl", "parquet"] = "csv",
-    bad_rows: int = 2, size: tuple[int, int] = (320, 180),
-) -> Path:
-    """``count`` distinct images and a manifest with ``path`` and ``caption`` columns, plus
-    ``bad_rows`` unusable rows (a missing file, a text file named .jpg)."""
-    folder = Path(folder)
+    Columns are ``path`` (absolute) and ``caption``. Odd images are PNGs with a centred
+    subject of growing size; even ones are JPEG scenes. ``bad_rows`` extra rows point
+    alternately at a missing file and at a text file named ``.jpg``, which curation must
+    reject rather than crash on.
+    """
+    if fmt not in ("csv", "jsonl", "parquet"):
+        raise ValueError(f"fmt must be csv, jsonl or parquet, got {fmt!r}")
+    folder = Path(folder).resolve()
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     width, height = size
     rows = []
     for i in range(count):
         if i % 2:
-            rgb = write_subject_frame(height, width, share=0.1 + 0.05 * i, seed=i)
+            share = 0.05 + 0.5 * (i % 8) / 8
+            rgb, path = write_subject_frame(height, width, share, seed=i), images / f"image_{i:03d}.png"
+            caption = f"a coloured object filling {share:.0%} of a plain frame, image {i}"
         else:
-            rgb = next(_shot_frames(ShotSpec(("static", "texture", "pan")[i % 3], 1, seed=100 + i), height, width))
-        path = images / f"image_{i:02d}.{'png' if i % 2 else 'jpg'}"
+            kind = KINDS[(i // 2) % len(KINDS)]
+            rgb, path = _RENDERERS[kind](ShotSpec(kind, 1, seed=100 + i), height, width)(0), images / f"image_{i:03d}.jpg"
+            caption = f"a synthetic {kind.replace('_', ' ')} scene, image {i}"
         Image.fromarray(rgb).save(path)
-        rows.append({"path": str(path), "caption": f"synthetic image number {i}"})
-    bad = [{"path": str(images / "missing.jpg"), "caption": "a file that does not exist"}]
-    fake = images / "not_an_image.jpg"
-    fake.write_text("not an image")
-    bad.append({"path": str(fake), "caption": "a text file named .jpg"})
-    rows += bad[:bad_rows]
+        rows.append({"path": str(path), "caption": caption})
+    for j in range(bad_rows):
+        path = images / f"missing_{j:03d}.jpg"
+        if j % 2:
+            path = images / f"not_an_image_{j:03d}.jpg"
+            path.write_text("this is text, not a JPEG\n", encoding="utf-8")
+        rows.append({"path": str(path), "caption": f"an unreadable row {j}"})
     manifest = folder / f"manifest.{fmt}"
     if fmt == "csv":
-        import csv
-
-        with open(manifest, "w", newline="") as f:
+        with open(manifest, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=["path", "caption"])
             writer.writeheader()
             writer.writerows(rows)
     elif fmt == "jsonl":
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        manifest.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), manifest)
+        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("caption", pa.string())])),
+                       manifest)
     return manifest
 
 
+# ------------------------------------------------------------------------ broken files
+
+BROKEN_NAMES = {
+    "zero_byte": "zero_byte.mp4", "truncated": "truncated.mp4", "text": "not_a_video.mp4",
+    "audio_only": "audio_only.mp4", "one_frame": "one_frame.mp4", "tiny": "tiny_8x8.mp4",
+    "vfr": "vfr.mp4", "corrupt_middle": "corrupt_middle.mp4",
+}
+VFR_DELTAS_MS = (20, 60, 33)  # as a phone's camera might stamp frames under changing light
+
+
+def _mp4_box(data: bytes, kind: bytes) -> tuple[int, int]:
+    """(start, end) of the payload of the top-level MP4 box ``kind``.
+
+    Walking the box headers rather than searching for the four letters guarantees the
+    damage lands in the media data, never in the headers or the index.
+    """
+    pos = 0
+    while pos + 8 <= len(data):
+        size, name = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        header = 8
+        if size == 1:  # 64-bit size follows the type
+            size, header = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        elif size == 0:  # runs to the end of the file
+            size = len(data) - pos
+        if name == kind:
+            return pos + header, pos + size
+        pos += size
+    raise ValueError(f"no {kind!r} box in the file")
+
+
+def _write_audio_only(path: Path, seconds: float = 1.0, rate: int = 44100) -> None:
+    """An MP4 holding only an AAC sine tone: a container that opens but has no picture."""
+    tone = (0.3 * np.sin(2 * math.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        step = stream.codec_context.frame_size or 1024
+        for start in range(0, len(tone), step):
+            frame = av.AudioFrame.from_ndarray(tone[None, start : start + step], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def write_broken_files(folder: Path) -> dict[str, Path]:
+    """One file per way an input video can be bad; returns {kind: path} (see BROKEN_NAMES).
+
+    Curation must turn each into a reject with a reason, never a crash or a hang.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / filename for name, filename in BROKEN_NAMES.items()}
+    files["zero_byte"].write_bytes(b"")
+    files["text"].write_text("This is a text file wearing an .mp4 extension.\n", encoding="utf-8")
+    _write_audio_only(files["audio_only"])
+    write_video(files["one_frame"], [ShotSpec("static", 1, seed=12)])
+    write_video(files["tiny"], [ShotSpec("moving_shape", 24, seed=13)], size=(8, 8))
+
+    # PyAV's mp4 muxer writes the moov index last, so the first 40% has no index at all.
+    write_video(files["truncated"], [ShotSpec("pan", 48, seed=11)])
+    data = files["truncated"].read_bytes()
+    files["truncated"].write_bytes(data[: int(len(data) * 0.4)])
+
+    vfr_frames = 36
+    stamps = np.cumsum([0] + [VFR_DELTAS_MS[i % 3] for i in range(vfr_frames - 1)]).tolist()
+    _encode(files["vfr"], _video_frames([ShotSpec("moving_shape", vfr_frames, seed=16)], 96, 160), 30, (160, 96),
+            pts_ms=stamps)
+
+    # Random bytes over the middle fifth of the media data: the index still opens the file,
+    # but the NAL units there (and the frames predicted from them) no longer decode.
+    write_video(files["corrupt_middle"], [ShotSpec("pan", 36, seed=14), ShotSpec("texture", 36, seed=15)])
+    data = bytearray(files["corrupt_middle"].read_bytes())
+    start, end = _mp4_box(bytes(data), b"mdat")
+    lo, hi = start + 2 * (end - start) // 5, start + 3 * (end - start) // 5
+    data[lo:hi] = np.random.default_rng(3).integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    files["corrupt_middle"].write_bytes(bytes(data))
+    return files
+
+
+# ------------------------------------------------------------------------------ corpus
+
+
 def write_sample_corpus(folder: Path, videos: int = 3, seed: int = 0, size: tuple[int, int] = (320, 180)) -> dict:
-    """A small corpus like a user's dump: multi-shot videos with captions (cuts, a dissolve,
-    static shots), broken files, and an image-text manifest."""
+    """A small corpus shaped like a user's dump, deterministic for ``seed``.
+
+    ``folder`` gets ``videos`` multi-shot videos (3-5 shots of 36-72 frames at 24 fps, each
+    with a static shot and one dissolve, the rest hard cuts) with ``.txt`` caption sidecars,
+    ``broken/`` from write_broken_files, and ``images/`` plus ``manifest.csv`` from
+    write_image_manifest. Returns {"videos": [SyntheticVideo], "broken": {...}, "manifest": Path}.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    kinds: list[ShotKind] = ["static", "pan", "moving_shape", "texture"]
     written = []
     for v in range(videos):
-        shots = []
-        for s in range(int(rng.integers(3, 6))):
-            kind = kinds[(v + s) % 4] if s else "static" if v == 0 else kinds[int(rng.integers(0, 4))]
-            dissolve = s == 2 and v % 2 == 0
-            shots.append(ShotSpec(kind, int(rng.integers(36, 73)), "dissolve" if dissolve else "cut",
-                                  dissolve_frames=12, seed=seed * 100 + v * 10 + s))
-        video = write_video(folder / f"video_{v:02d}.mp4", shots, size=size)
-        (folder / f"video_{v:02d}.txt").write_text(f"synthetic video {v}: {', '.join(s.kind for s in shots)}\n")
-        written.append(video)
+        count = int(rng.integers(3, 6))
+        kinds = [str(k) for k in rng.permutation(KINDS)] + [str(rng.choice(KINDS))]
+        kinds = kinds[:count]
+        if "static" not in kinds:
+            kinds[int(rng.integers(count))] = "static"
+        dissolve_at = int(rng.integers(1, count))
+        shots = [
+            ShotSpec(kind, int(rng.integers(36, 73)), "dissolve" if s == dissolve_at else "cut",
+                     seed=seed * 1000 + v * 10 + s)
+            for s, kind in enumerate(kinds)
+        ]
+        name = f"video_{v:03d}"
+        written.append(write_video(folder / f"{name}.mp4", shots, size=size))
+        caption = f"synthetic video {v}: " + ", then ".join(k.replace("_", " ") for k in kinds)
+        (folder / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
     broken = write_broken_files(folder / "broken")
-    manifest = write_image_manifest(folder, count=6, fmt="csv", bad_rows=2)
+    manifest = write_image_manifest(folder, fmt="csv")
     return {"videos": written, "broken": broken, "manifest": manifest}
-

@@ -27,7 +27,7 @@ def _curate(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def _rows(out: Path, name: str, columns: list[str]) -> list[tuple]:
-    if not (out / name).exists():
+    if not (out / name / "_versions").is_dir():  # absent, or killed before its first commit
         return []
     table = lance.dataset(str(out / name)).to_table(columns=columns)
     return sorted(zip(*(table.column(c).to_pylist() for c in columns)))

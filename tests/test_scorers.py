@@ -1,98 +1,209 @@
-"""Curation scorers on frames with known answers."""
+"""Curation scorers on frames and videos built here, whose true motion and subject size are known."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import av
+import cv2
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from curation.scorers.aesthetic import ClipAestheticScorer, LaionAestheticHead, QualityScorer, build_aesthetic_scorer
-from curation.scorers.motion import flow_magnitude, motion_vector_score
-from curation.scorers.subject import subject_share
-from curation.synthetic import ShotSpec, write_subject_frame, write_video
-from pipeline.models.clip import FrozenOpenCLIP
-from pipeline.config.schema import ClipConfig
+from curation.scorers.aesthetic import (
+    ClipAestheticScorer,
+    LaionAestheticHead,
+    QualityScorer,
+    build_aesthetic_scorer,
+)
+from curation.scorers.motion import flow_magnitude, motion_vector_magnitude, motion_vector_score
+from curation.scorers.subject import saliency_map, subject_share
 from pipeline.models.weights import WeightsError
 
+FPS = 24
 
-def _pan(width: int, height: int, frames: int = 6) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    from PIL import Image
 
-    canvas = np.asarray(Image.fromarray((rng.random((height // 8, width // 4, 3)) * 255).astype(np.uint8))
-                        .resize((width * 2, height), Image.BILINEAR))
-    step = width // 100
-    return [canvas[:, i * step : i * step + width] for i in range(frames)]
+def _texture(height: int, width: int, cell: int, seed: int) -> np.ndarray:
+    """Smooth random colour texture: random values on a ``cell``-px grid, bicubic upsampled."""
+    rng = np.random.default_rng(seed)
+    coarse = (rng.random((height // cell + 1, width // cell + 1, 3)) * 255).astype(np.uint8)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _pan(width: int, height: int, frames: int, step: float) -> list[np.ndarray]:
+    """A horizontal pan by ``step`` of the frame width per frame, rendered at 640x360 and
+    shrunk to ``width`` x ``height``, so every size shows the same motion in frame units."""
+    step_px = round(step * 640)
+    canvas = _texture(360, 640 + step_px * frames, cell=16, seed=0)
+    out = [canvas[:, i * step_px : i * step_px + 640] for i in range(frames)]
+    return [cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in out]
+
+
+def _write_h264(path: Path, frames: list[np.ndarray]) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=FPS)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """160x96, 24 fps, 48 frames: one textured image held still, and panning 3 px per frame."""
+    folder = tmp_path_factory.mktemp("clips")
+    canvas = _texture(96, 160 + 3 * 48, cell=6, seed=1)
+    return {
+        "static": _write_h264(folder / "static.mp4", [canvas[:, :160]] * 48),
+        "pan": _write_h264(folder / "pan.mp4", [canvas[:, 3 * i : 3 * i + 160] for i in range(48)]),
+    }
 
 
 def test_flow_is_per_diagonal_and_per_second() -> None:
-    small, large = _pan(320, 180), _pan(640, 360)
-    a = flow_magnitude(small[0], small[2], 2 / 24)
-    b = flow_magnitude(large[0], large[2], 2 / 24)
-    assert abs(a - b) / a < 0.15  # same motion in frame units at two resolutions
-    every = np.mean([flow_magnitude(small[i], small[i + 1], 1 / 24) for i in range(4)])
-    second = np.mean([flow_magnitude(small[i], small[i + 2], 2 / 24) for i in range(0, 4, 2)])
+    small, large = _pan(320, 180, 5, step=0.01), _pan(640, 360, 5, step=0.01)
+    truth = 0.01 * 640 / math.hypot(640, 360) * FPS  # the pan in diagonals per second
+    a = flow_magnitude(small[0], small[1], 1 / FPS)
+    b = flow_magnitude(large[0], large[1], 1 / FPS)
+    assert abs(a - b) / b < 0.15  # same motion at two input resolutions
+    every = np.mean([flow_magnitude(small[i], small[i + 1], 1 / FPS) for i in range(4)])
+    second = np.mean([flow_magnitude(small[i], small[i + 2], 2 / FPS) for i in (0, 2)])
     assert abs(every - second) / every < 0.2  # and at two sampling rates
-    assert flow_magnitude(small[0], small[0], 1 / 24) < 0.05 * a
+    assert abs(every - truth) / truth < 0.2
+    assert flow_magnitude(small[0], small[0], 1 / FPS) < 0.01 * truth
+    with pytest.raises(ValueError, match="dt_seconds"):
+        flow_magnitude(small[0], small[1], 0.0)
 
 
-def test_static_scores_below_pan_for_both_motion_methods(tmp_path) -> None:
-    static = write_video(tmp_path / "static.mp4", [ShotSpec("static", 48, seed=1)], size=(160, 96))
-    pan = write_video(tmp_path / "pan.mp4", [ShotSpec("pan", 48, seed=1)], size=(160, 96))
-    mv_static, mv_pan = motion_vector_score(str(static.path)), motion_vector_score(str(pan.path))
-    assert mv_static < 0.2 * mv_pan
-    import av
-
-    frames = [f.to_ndarray(format="rgb24") for f in av.open(str(pan.path)).decode(video=0)]
-    flow_pan = np.mean([flow_magnitude(frames[i], frames[i + 4], 4 / 24) for i in range(0, 40, 4)])
-    assert 1 / 3 < flow_pan / mv_pan < 3  # the two methods measure the same thing
-
-
-@pytest.mark.parametrize("share", [0.1, 0.25, 0.4])
-def test_subject_share_of_a_centred_object(share: float) -> None:
-    assert abs(subject_share(write_subject_frame(180, 320, share, seed=2)) - share) < 0.07
+def test_static_scores_below_pan_for_both_motion_methods(clips: dict[str, Path]) -> None:
+    truth = 3 / math.hypot(160, 96) * FPS
+    flow = {}
+    for name, path in clips.items():
+        frames = _decode(path)
+        flow[name] = float(np.mean([flow_magnitude(frames[i], frames[i + 1], 1 / FPS) for i in range(47)]))
+    mv = {name: motion_vector_score(str(path)) for name, path in clips.items()}
+    assert flow["static"] < 0.1 * flow["pan"] and mv["static"] < 0.1 * mv["pan"]
+    assert abs(flow["pan"] - truth) / truth < 0.25
+    # Vectors span the reference distance, several frames for P-frames after B-frames,
+    # so they overstate the per-frame motion; the two methods still agree within 3x.
+    assert 1 / 3 < mv["pan"] / flow["pan"] < 3
 
 
-def test_flat_frame_has_no_subject() -> None:
-    assert subject_share(np.full((90, 160, 3), 120, np.uint8)) < 0.05
+def test_motion_vectors_per_frame_and_range(clips: dict[str, Path]) -> None:
+    with av.open(str(clips["pan"])) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        values = [motion_vector_magnitude(f) for f in container.decode(stream)]
+    assert values[0] is None  # the I-frame
+    assert all(v is not None and v > 0 for v in values[1:])
+    with av.open(str(clips["pan"])) as container:  # without the flag nothing is exported
+        assert all(motion_vector_magnitude(f) is None for f in container.decode(video=0))
+    assert motion_vector_score(str(clips["pan"]), 1, 9) == pytest.approx(np.mean(values[1:9]) * FPS)
+    assert math.isnan(motion_vector_score(str(clips["pan"]), 0, 1))  # only the I-frame
+
+
+def _subject_frame(height: int, width: int, share: float, seed: int) -> np.ndarray:
+    """A smooth, low-contrast background (tinted gradient plus faint blotches) with one
+    centred, saturated solid disc covering ``share`` of the frame."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    frame = rng.uniform(90, 150, 3).astype(np.float32) + 20 * (xx / width)[..., None] - 10 * (yy / height)[..., None]
+    blotches = rng.normal(0, 6, (height // 20 + 2, width // 20 + 2, 3)).astype(np.float32)
+    frame += cv2.resize(blotches, (width, height), interpolation=cv2.INTER_CUBIC)
+    disc = (yy - height / 2 + 0.5) ** 2 + (xx - width / 2 + 0.5) ** 2 < share * height * width / math.pi
+    frame[disc] = [[230, 30, 40], [30, 200, 60], [40, 60, 230]][seed % 3]
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25, 0.4, 0.55])
+def test_subject_share_of_a_centred_disc(share: float) -> None:
+    # 0.55 is a disc cut by the top and bottom edges: the border colour is still background.
+    for seed in range(3):
+        assert abs(subject_share(_subject_frame(180, 320, share, seed)) - share) < 0.07
+
+
+def test_saliency_map_and_subjectless_frames() -> None:
+    saliency = saliency_map(_subject_frame(90, 160, 0.2, seed=0))
+    assert saliency.shape == (64, 64) and saliency.min() == 0 and saliency.max() == pytest.approx(1)
+    assert saliency[32, 32] > 0.5 > saliency[2, 2]  # the disc, not the background
+    assert subject_share(np.full((90, 160, 3), 120, np.uint8)) < 0.05  # measured 0.002
+    assert subject_share(_subject_frame(180, 320, 0.0, seed=0)) < 0.2  # gradient alone: measured 0.12
+
+
+def _sample_frame() -> np.ndarray:
+    """Sharp, mid-exposed and colourful: a saturated colour texture with hard-edged shapes."""
+    frame = _texture(180, 320, cell=12, seed=3)
+    cv2.rectangle(frame, (40, 30), (120, 110), (250, 220, 30), -1)
+    cv2.circle(frame, (230, 90), 45, (20, 60, 230), -1)
+    return frame
 
 
 def test_quality_scorer_prefers_sharp_exposed_colourful_frames() -> None:
-    import cv2
-
-    good = _pan(320, 180)[0]
-    blurred = cv2.GaussianBlur(good, (0, 0), 4)
-    dark = (good * 0.08).astype(np.uint8)
+    good = _sample_frame()
+    blurred = cv2.GaussianBlur(good, (0, 0), 3)
+    dark = (good * 0.06).astype(np.uint8)
     grey = np.repeat(cv2.cvtColor(good, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
     scores = QualityScorer()(np.stack([good, blurred, dark, grey]))
-    assert scores[0] > max(scores[1:]) and all(1 <= s <= 10 for s in scores)
+    assert scores.dtype == np.float32 and scores.shape == (4,)
+    assert scores[0] > max(scores[1:]) and ((1 <= scores) & (scores <= 10)).all()
+    assert QualityScorer()(np.zeros((1, 32, 32, 3), np.uint8))[0] == pytest.approx(1.0)
 
 
 def test_laion_head_has_the_released_shape() -> None:
     head = LaionAestheticHead()
     assert sum(p.numel() for p in head.parameters()) == 927_969
-    assert [k for k in head.state_dict() if k.endswith("weight")] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
+    assert list(head.state_dict()) == [f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")]
 
 
-def test_clip_aesthetic_scorer_loads_local_weights(tmp_path) -> None:
-    clip = FrozenOpenCLIP(ClipConfig(arch="tiny")).model
-    save_file(clip.state_dict(), tmp_path / "clip.safetensors")
-    head = LaionAestheticHead(clip.visual.output_dim)
-    torch.save(head.state_dict(), tmp_path / "head.pth")
-    scorer = ClipAestheticScorer(str(tmp_path / "head.pth"), str(tmp_path / "clip.safetensors"), arch="tiny")
-    frames = np.stack([write_subject_frame(64, 112, 0.2, seed=s) for s in range(3)])
+# A CLIP small enough to save and load in a test, with ViT-L/14's 768-d embedding so the
+# released head's shape fits it.
+TINY_768 = {
+    "embed_dim": 768,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_clip_aesthetic_scorer_loads_local_weights(tmp_path: Path) -> None:
+    import open_clip
+
+    save_file(open_clip.CLIP(**TINY_768).state_dict(), str(tmp_path / "clip.safetensors"))
+    head = LaionAestheticHead()
+    torch.save(head.state_dict(), tmp_path / "head.pth")  # a plain state dict, like the release
+    scorer = build_aesthetic_scorer(str(tmp_path / "head.pth"), str(tmp_path / "clip.safetensors"), arch=TINY_768)
+    assert isinstance(scorer, ClipAestheticScorer)
+    frames = np.stack([_subject_frame(72, 120, 0.2, seed=s) for s in range(3)])
     scores = scorer(frames)
-    assert scores.shape == (3,) and scores.dtype == np.float32
+    assert scores.shape == (3,) and scores.dtype == np.float32 and np.isfinite(scores).all()
     np.testing.assert_array_equal(scores, scorer(frames))
+    scorer.batch_size = 2  # batching does not change a frame's score
+    np.testing.assert_allclose(scorer(frames), scores, rtol=1e-5, atol=1e-6)
+    banded = frames.copy()
+    banded[:, :, :24] = 0  # only the centre 72x72 square is scored
+    banded[:, :, -24:] = 255
+    np.testing.assert_allclose(scorer(banded), scores, rtol=1e-5, atol=1e-6)
+
     state = head.state_dict()
-    state["layers.9.weight"] = state.pop("layers.7.weight")
+    state["layers.8.weight"] = state.pop("layers.7.weight")
     torch.save(state, tmp_path / "renamed.pth")
-    with pytest.raises(WeightsError, match="layers.7.weight"):
-        ClipAestheticScorer(str(tmp_path / "renamed.pth"), str(tmp_path / "clip.safetensors"), arch="tiny")
+    with pytest.raises(WeightsError, match="'layers.7.weight'"):
+        build_aesthetic_scorer(str(tmp_path / "renamed.pth"), str(tmp_path / "clip.safetensors"), arch=TINY_768)
+    with pytest.raises(ValueError, match="768-d"):
+        build_aesthetic_scorer(str(tmp_path / "head.pth"), str(tmp_path / "clip.safetensors"), arch="ViT-B-32")
 
 
-def test_build_aesthetic_scorer_needs_both_files_or_none(tmp_path) -> None:
+def test_build_aesthetic_scorer_needs_both_files_or_none() -> None:
     assert isinstance(build_aesthetic_scorer(None, None), QualityScorer)
     with pytest.raises(ValueError, match="aesthetic_clip"):
-        build_aesthetic_scorer(str(tmp_path / "head.pth"), None)
+        build_aesthetic_scorer("head.pth", None)
+    with pytest.raises(ValueError, match="aesthetic_head"):
+        build_aesthetic_scorer(None, "clip.safetensors")

@@ -108,29 +108,35 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
     import psutil
 
     run = tmp_path / "killed"
+    log = tmp_path / "train.log"  # a file, not a pipe: nobody reads a pipe while we poll
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "train", "--stage", "base", "--data", str(data), "--run", str(run),
-         "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--preset", "tiny", "--max-steps", "24", "--checkpoint-every", "2"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 300
     killed = False
     while time.monotonic() < deadline and proc.poll() is None and not killed:
-        # step 4 logged means rank 0 came back from reporting the step-2 checkpoint
-        if (run / "metrics.jsonl").exists() and any(r["step"] >= 4 for r in _metrics(run)):
+        # once Ray has registered a checkpoint, and well before the last step
+        try:
+            ready = run.exists() and latest_checkpoint(run) is not None and _metrics(run)[-1]["step"] < 16
+        except (ValueError, IndexError):  # a file caught mid-write
+            ready = False
+        if ready:
             workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
                        if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started]
             if workers:  # only this run's workers, not a finished run's that is still shutting down
                 os.kill(workers[-1].pid, signal.SIGKILL)
                 killed = True
         time.sleep(0.2)
-    output, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    output = log.read_text()
     assert killed, "no training worker was found to kill"
     assert proc.returncode == 0, output[-4000:]
     assert "resuming from step" in output
-    assert _metrics(run)[-1]["step"] == 16
-    assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 16
+    assert _metrics(run)[-1]["step"] == 24
+    assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 24
 
 
 def test_bad_data_fails_before_any_worker_starts(data, tmp_path) -> None:
