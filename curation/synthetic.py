@@ -28,7 +28,6 @@ from PIL import Image, ImageDraw
 ShotKind = Literal["static", "pan", "moving_shape", "texture"]
 KINDS: tuple[ShotKind, ...] = ("static", "pan", "moving_shape", "texture")
 PAN_SPEED = 0.02  # of the frame width per frame: a strong flow that still stays trackable
-_CRF_ENCODERS = {"h264", "libx264", "hevc", "libx265"}  # the x264/x265 family takes crf and preset
 
 Renderer = Callable[[int], np.ndarray]  # frame index within the shot -> RGB uint8 frame
 
@@ -95,8 +94,8 @@ def _periodic_noise(rng: np.random.Generator, height: int, width: int, scale: fl
 
     White noise low-pass filtered in the Fourier domain is periodic by construction, so a
     pan can wrap around the canvas forever without a seam (a seam would be a false cut).
-    ``scale`` is the blob size in pixels; an octave at a quarter of it adds the fine detail
-    optical flow needs to lock on.
+    ``scale`` is the blob size in pixels; an octave at a quarter of it and a faint 1.5 px
+    grain add the fine detail optical flow needs to lock on (and give x264 real work).
     """
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
@@ -214,6 +213,20 @@ _RENDERERS: dict[str, Callable[[ShotSpec, int, int], Renderer]] = {
 # ---------------------------------------------------------------------------- encoding
 
 
+def _encoder_options(codec: str, crf: int) -> dict[str, str]:
+    """crf and preset for the x264/x265 encoders; other encoders keep their defaults.
+
+    x264 gets one lookahead thread: with threaded lookahead its output depended on thread
+    timing (measured: a few ms of jitter between frames changed the bytes), and a fixed
+    seed must give the same file every time, whatever the machine's core count.
+    """
+    if codec in ("h264", "libx264"):
+        return {"crf": str(crf), "preset": "veryfast", "x264-params": "lookahead-threads=1"}
+    if codec in ("hevc", "libx265"):
+        return {"crf": str(crf), "preset": "veryfast"}
+    return {}
+
+
 def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int, int], codec: str = "h264",
             crf: int = 23, pts_ms: Iterable[int] | None = None) -> int:
     """Encode RGB frames as they arrive; returns how many were written.
@@ -228,8 +241,7 @@ def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int,
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if codec in _CRF_ENCODERS:
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.options = _encoder_options(codec, crf)
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         stamps = iter(pts_ms) if pts_ms is not None else None
@@ -281,8 +293,8 @@ def write_video(path: Path, shots: list[ShotSpec], fps: int = 24, size: tuple[in
                 codec: str = "h264", crf: int = 23) -> SyntheticVideo:
     """Encode ``shots`` back to back into ``path``; returns the file's ground truth.
 
-    ``size`` is (width, height). Options crf and preset apply to the x264/x265 encoders;
-    other codecs use their defaults.
+    ``size`` is (width, height); ``crf`` applies to the x264/x265 encoders (see
+    _encoder_options). The same shots always give the same bytes with h264.
     """
     if not shots:
         raise ValueError("a video needs at least one shot")
@@ -346,7 +358,8 @@ def write_image_manifest(folder: Path, count: int = 6, fmt: Literal["csv", "json
             caption = f"a coloured object filling {share:.0%} of a plain frame, image {i}"
         else:
             kind = KINDS[(i // 2) % len(KINDS)]
-            rgb, path = _RENDERERS[kind](ShotSpec(kind, 1, seed=100 + i), height, width)(0), images / f"image_{i:03d}.jpg"
+            rgb = _RENDERERS[kind](ShotSpec(kind, 1, seed=100 + i), height, width)(0)
+            path = images / f"image_{i:03d}.jpg"
             caption = f"a synthetic {kind.replace('_', ' ')} scene, image {i}"
         Image.fromarray(rgb).save(path)
         rows.append({"path": str(path), "caption": caption})
@@ -368,8 +381,8 @@ def write_image_manifest(folder: Path, count: int = 6, fmt: Literal["csv", "json
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("path", pa.string()), ("caption", pa.string())])),
-                       manifest)
+        schema = pa.schema([("path", pa.string()), ("caption", pa.string())])
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), manifest)
     return manifest
 
 
