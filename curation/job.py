@@ -11,6 +11,7 @@ table at the end of every run from the stored scores and the current thresholds.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import ray
+from PIL import Image
 
 from curation.decisions import balancing_weights, keep_and_reasons
 from curation.runner import run_items
@@ -50,10 +52,6 @@ class AestheticStage:
         self.scorer = build_aesthetic_scorer(head_weights, clip_weights, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import io
-
-        from PIL import Image
-
         scores = []
         for frames in batch.column("keyframes").to_pylist():
             images = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])

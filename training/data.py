@@ -34,14 +34,16 @@ class Catalog:
     images: Optional[pa.Table]  # IMAGE_COLUMNS + _rowid, or None
     data_dir: str
 
+    def __post_init__(self) -> None:
+        """Index clip rows by the (frames, fps) pairs they can supply, once."""
+        self._by_shape: dict[tuple[int, int], list[tuple[str, int, float]]] = {}
+        weights = self.clips.column("weight").to_pylist()
+        for i, pairs in enumerate(self.clips.column("frame_fps").to_pylist()):
+            for pair in pairs:
+                self._by_shape.setdefault((pair["frames"], pair["fps"]), []).append(("clips", i, weights[i]))
+
     def candidates(self, frames: int, fps: int) -> list[tuple[str, int, float]]:
         """(table, row position, weight) of every row that can supply the shape."""
-        if not hasattr(self, "_by_shape"):
-            self._by_shape: dict[tuple[int, int], list[tuple[str, int, float]]] = {}
-            weights = self.clips.column("weight").to_pylist()
-            for i, pairs in enumerate(self.clips.column("frame_fps").to_pylist()):
-                for pair in pairs:
-                    self._by_shape.setdefault((pair["frames"], pair["fps"]), []).append(("clips", i, weights[i]))
         out = list(self._by_shape.get((frames, fps), []))
         if frames == 1 and self.images is not None:
             out += [("images", i, w) for i, w in enumerate(self.images.column("weight").to_pylist())]
