@@ -12,7 +12,10 @@ import sys
 from dataclasses import asdict
 from typing import Optional, Sequence
 
+import numpy as np
+
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
+from pipeline.models.weights import WeightsError
 
 
 def _add_config_args(
@@ -92,6 +95,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from inference.cascade import Cascade
+    from inference.request import RequestError, make_request
+    from inference.video_files import write_outputs
+
+    config = _config_from(args)
+    try:
+        request = make_request(
+            config, np.asarray(Image.open(args.image).convert("RGB")), args.prompt, args.frames, args.fps,
+            args.steps, args.guidance, args.sampler, args.seed, args.tr,
+        )
+    except RequestError as err:
+        raise ConfigError(f"--{err.field.replace('refine_from', 'tr')}: {err.message}") from err
+    cascade = Cascade.from_files(config, args.base, args.refiner, device=args.device)
+    (video,) = cascade.generate([request], on_step=_step_printer())
+    for path in write_outputs(video, request.fps, args.out, args.gif, args.sheet, config.serving.crf):
+        print(path)
+    return 0
+
+
+def _step_printer():
+    """One progress line per stage, rewritten in place."""
+    def on_step(stage: str, rows: list[int], done: int, total: int) -> None:
+        print(f"\r{stage}: step {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    return on_step
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inference.serving.app import run_locally
+
+    run_locally(args.base, args.refiner, args.preset, args.config, args.set, args.host, args.port)
+    return 0
+
+
+def cmd_eval_spectrum(args: argparse.Namespace) -> int:
+    from inference.spectrum import compare_spectra
+
+    print(json.dumps(compare_spectra(args.base_video, args.refined_video, args.out), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2vgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +183,41 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
+
+    generate = sub.add_parser("generate", help="image (+ text) -> video through the cascade")
+    generate.add_argument("--image", required=True, help="the first frame (any format Pillow reads)")
+    generate.add_argument("--prompt", help="a short text for the refiner")
+    generate.add_argument("--base", required=True, help="the base stage's export (.safetensors)")
+    generate.add_argument("--refiner", help="the refiner's export; without it, the base video alone")
+    generate.add_argument("--sampler", choices=["ddim", "dpm++"])
+    generate.add_argument("--steps", type=int, help="base sampling steps (the refiner takes its share of T_r)")
+    generate.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    generate.add_argument("--frames", type=int)
+    generate.add_argument("--fps", type=int)
+    generate.add_argument("--tr", type=int, help="the step the refiner re-noises to (the paper's 600)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    generate.add_argument("--out", required=True, help="the mp4 to write")
+    generate.add_argument("--gif", help="also write a GIF here")
+    generate.add_argument("--sheet", help="also write a contact-sheet PNG here")
+    _add_config_args(generate)
+    generate.set_defaults(func=cmd_generate)
+
+    serve = sub.add_parser("serve", help="run the Ray Serve endpoint locally (Ctrl-C stops it)")
+    serve.add_argument("--base", required=True)
+    serve.add_argument("--refiner")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    _add_config_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    evaluate = sub.add_parser("eval", help="evaluations of generated videos")
+    eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)
+    spectrum = eval_sub.add_parser("spectrum", help="spatial and temporal spectra, base vs refined (paper Fig. 7)")
+    spectrum.add_argument("base_video")
+    spectrum.add_argument("refined_video")
+    spectrum.add_argument("--out", required=True, help="folder for spectrum.json and spectrum.png")
+    spectrum.set_defaults(func=cmd_eval_spectrum)
     return parser
 
 
@@ -145,6 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (WeightsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 

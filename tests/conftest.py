@@ -1,11 +1,14 @@
-"""Shared fixtures: the tiny preset and a deterministic torch."""
+"""Shared fixtures: the tiny preset, a deterministic torch, Ray, and tiny exported stages."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -34,3 +37,23 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, Path]:
+    """Base and refiner exports of the tiny preset, as ``i2vgen export`` writes them."""
+    return write_tiny_exports(tmp_path_factory.mktemp("exports"))
+
+
+def write_tiny_exports(folder: Path, overrides: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Untrained tiny stages in the export format, and an input image."""
+    from pipeline.config import load_config
+    from pipeline.models.stage_file import save_untrained_stages
+
+    paths = save_untrained_stages(folder, load_config("tiny", overrides=list(overrides)))
+    y, x = np.mgrid[0:96, 0:160]
+    image = np.stack([x * 255 // 159, y * 255 // 95, (x + y) % 256], -1).astype(np.uint8)
+    image[30:60, 60:100] = (250, 40, 40)
+    paths["image"] = folder / "input.png"
+    Image.fromarray(image).save(paths["image"])
+    return paths

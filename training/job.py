@@ -17,6 +17,7 @@ import yaml
 
 from pipeline.config.loader import ConfigError, config_to_dict, from_dict, validate
 from pipeline.config.schema import Config
+from pipeline.models.stage_file import save_stage
 from pipeline.ray_runtime import init_ray
 from training.data import load_catalog, plan_dataset, validate_shapes
 from training.loop import train_loop_per_worker
@@ -121,16 +122,11 @@ def run_config(run_dir: str | Path) -> tuple[str, Config]:
 def export(run_dir: str | Path, out: str | Path) -> Path:
     """One safetensors file of the EMA weights of the newest checkpoint, with the stage and
     the config in its metadata, so inference needs nothing else."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     run = Path(run_dir)
     folder = latest_checkpoint(run)
     if folder is None:
         raise ConfigError(f"RUN_DIR: {run} has no finished checkpoint to export")
     stage, config = run_config(run)
-    state = load_file(str(folder / "ema.safetensors"))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"stage": stage, "step": str(checkpoint_step(folder)), "config": yaml.safe_dump(config_to_dict(config))}
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
-    return out
+    return save_stage(load_file(str(folder / "ema.safetensors")), out, stage, config, checkpoint_step(folder))

@@ -194,6 +194,12 @@ def validate(config: Config) -> None:
         raise ConfigError("train.micro_batch: and train.workers must be at least 1")
     if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
         raise ConfigError("sampling.refine_from: must lie in 1..num_train_timesteps")
+    for name in ("base", "refiner"):
+        deployment = getattr(config.serving, name)
+        if not 0 <= deployment.min_replicas <= deployment.max_replicas or deployment.max_replicas < 1:
+            raise ConfigError(f"serving.{name}.max_replicas: needs 0 <= min_replicas <= max_replicas, max >= 1")
+        if deployment.max_batch_size < 1:
+            raise ConfigError(f"serving.{name}.max_batch_size: must be at least 1")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

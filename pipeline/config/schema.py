@@ -118,6 +118,48 @@ class SamplingConfig:
     # The refiner re-noises the base video to this step and denoises from there.
     refine_from: int = 600
     fps: int = 8
+    # Frames the VAE decodes at once (a 1280x720 decode is the memory peak of inference).
+    decode_chunk: int = 4
+
+
+@dataclass
+class DeploymentConfig:
+    """One Ray Serve deployment of a stage: its replicas, resources and request batching."""
+
+    # Fixed replicas when equal; otherwise Serve autoscales between them.
+    min_replicas: int = 1
+    max_replicas: int = 1
+    num_cpus: float = 1.0
+    # The base fits a smaller GPU than the refiner; fractions share one.
+    num_gpus: float = 0.0
+    # Requests run as one batch when their shapes agree (@serve.batch); 1 turns batching off.
+    max_batch_size: int = 4
+    batch_wait_timeout_s: float = 0.1
+    # Requests a replica accepts at once (queued into its next batches).
+    max_ongoing_requests: int = 8
+
+
+@dataclass
+class ServingConfig:
+    """The HTTP endpoint: its deployments and the limits that keep a bad request harmless."""
+
+    base: DeploymentConfig = field(default_factory=DeploymentConfig)
+    refiner: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=2))
+    # Upload and decoded-image limits (413 beyond them).
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    # Per-request parameter bounds (422 beyond them).
+    max_frames: int = 32
+    max_steps: int = 200
+    max_guidance: float = 30.0
+    max_prompt_chars: int = 500
+    # Jobs admitted but unfinished, over both routes; one more gets 503 with Retry-After.
+    max_pending_jobs: int = 32
+    retry_after_s: int = 30
+    # Finished jobs (and their mp4s) kept for GET; the oldest are forgotten first.
+    keep_finished_jobs: int = 256
+    # Rate and quality of the served mp4.
+    crf: int = 18
 
 
 @dataclass
@@ -261,5 +303,6 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -59,6 +59,8 @@ def renoise(
     schedule: NoiseSchedule, x0: torch.Tensor, t: int, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
     """SDEdit: a finished latent video taken back to step ``t`` of the forward process,
-    where the refiner starts (the paper's T_r)."""
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    where the refiner starts (the paper's T_r). The noise is drawn on the generator's
+    device, so a CPU generator gives the same noise whichever device ``x0`` is on."""
+    where = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device, x0.dtype)
     return schedule.add_noise(x0, noise, t)

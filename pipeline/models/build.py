@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
+from torch import nn
 
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.models.clip import FrozenOpenCLIP, clip_embed_dim, clip_text_width
 from pipeline.models.denoiser import StageDenoiser
 from pipeline.models.vae import ImageAutoencoder, build_vae
+
+Module = TypeVar("Module", bound=nn.Module)
+
+# Seed of the random initialisation of frozen encoders that run without weights.
+FROZEN_INIT_SEED = 0
 
 
 def check_context_width(config: Config) -> None:
@@ -28,10 +36,24 @@ def build_denoiser(config: Config, stage: str, device: str | torch.device = "cpu
         return StageDenoiser(config, stage)
 
 
+def _frozen(factory: Callable[[], Module], device: str | torch.device) -> Module:
+    """A frozen encoder, initialised on the CPU from a fixed seed and then moved.
+
+    Without weights, CLIP and the SD VAE are random; the seed makes them the same random
+    model in every process: each training rank, the exporter and every inference replica
+    condition on identical features, as they would with real weights.
+    """
+    build_on = "meta" if str(device) == "meta" else "cpu"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FROZEN_INIT_SEED)
+        with torch.device(build_on):
+            model = factory()
+    return model if build_on == "meta" else model.to(device)
+
+
 def build_clip(config: Config, device: str | torch.device = "cpu") -> FrozenOpenCLIP:
-    with torch.device(device):
-        return FrozenOpenCLIP(config.clip)
+    return _frozen(lambda: FrozenOpenCLIP(config.clip), device)
 
 
 def build_autoencoder(config: Config, device: str | torch.device = "cpu") -> ImageAutoencoder:
-    return build_vae(config.vae, device)
+    return _frozen(lambda: build_vae(config.vae, "meta" if str(device) == "meta" else "cpu"), device)

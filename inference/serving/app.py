@@ -1,0 +1,78 @@
+"""The Serve application: ``build_app`` for ``serve run`` / ``serve deploy``, and
+``run_locally`` for ``i2vgen serve``.
+
+``build_app`` is an application builder: ``serve_config.yaml`` names it in ``import_path``
+and passes ``args`` (weights paths, preset, config files, overrides). Replica counts,
+GPUs, autoscaling and batching of each stage come from the config's ``serving`` section,
+so one ``--set serving.refiner.num_gpus=1`` moves the refiner onto a GPU.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Optional, Sequence
+
+from ray import serve
+from ray.serve import Application
+
+from inference.serving.api import VideoAPI
+from inference.serving.stages import BaseStage, RefinerStage
+from pipeline.config.loader import ConfigError, load_config
+from pipeline.config.schema import Config, DeploymentConfig
+from pipeline.ray_runtime import init_ray
+
+APP_NAME = "i2vgen"
+_ARGS = {"base", "refiner", "preset", "config", "set"}
+
+
+def deployment_options(deployment: DeploymentConfig) -> dict[str, Any]:
+    """Serve options of a stage: fixed replicas, or autoscaling aimed at full batches."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": deployment.num_cpus, "num_gpus": deployment.num_gpus},
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+    }
+    if deployment.min_replicas == deployment.max_replicas:
+        options["num_replicas"] = deployment.max_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": deployment.min_replicas,
+            "max_replicas": deployment.max_replicas,
+            "target_ongoing_requests": deployment.max_batch_size,
+        }
+    return options
+
+
+def compose(config: Config, base: str, refiner: Optional[str]) -> Application:
+    """Ingress -> base -> refiner, all sharing one job store."""
+    store_name = f"{APP_NAME}-jobs-{uuid.uuid4().hex[:8]}"
+    base_app = BaseStage.options(**deployment_options(config.serving.base)).bind(config, base, store_name)
+    refiner_app = (
+        None if refiner is None
+        else RefinerStage.options(**deployment_options(config.serving.refiner)).bind(config, refiner, store_name)
+    )
+    # The ingress holds a sync request open for its whole generation, so it admits as many as may be pending.
+    ingress = VideoAPI.options(max_ongoing_requests=config.serving.max_pending_jobs + 32)
+    return ingress.bind(base_app, refiner_app, config, store_name)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder ``serve_config.yaml`` points at."""
+    unknown = set(args) - _ARGS
+    if unknown:
+        raise ConfigError(f"args.{sorted(unknown)[0]}: unknown; the app takes {sorted(_ARGS)}")
+    if not args.get("base"):
+        raise ConfigError("args.base: the base stage's weights file is required")
+    config = load_config(args.get("preset", "tiny"), args.get("config") or [], args.get("set") or [])
+    return compose(config, str(args["base"]), args.get("refiner"))
+
+
+def run_locally(
+    base: str, refiner: Optional[str], preset: str, files: Sequence[str], overrides: Sequence[str],
+    host: str, port: int,
+) -> None:
+    """``i2vgen serve``: the app on this machine's Ray, until interrupted."""
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    app = build_app({"base": base, "refiner": refiner, "preset": preset, "config": list(files), "set": list(overrides)})
+    print(f"serving on http://{host}:{port} (API docs at /docs); Ctrl-C stops", flush=True)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=True)

@@ -1,0 +1,134 @@
+"""The Ray Serve endpoint on 127.0.0.1, through real HTTP: batching, jobs, and bad input."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from pipeline.config import load_config
+
+SERVING = [
+    "serving.base.num_cpus=0.5", "serving.refiner.num_cpus=0.5",
+    "serving.base.max_batch_size=4", "serving.refiner.max_batch_size=4",
+    "serving.base.batch_wait_timeout_s=0.5", "serving.refiner.batch_wait_timeout_s=0.5",
+    "serving.max_upload_bytes=200000", "serving.max_image_pixels=90000", "serving.max_pending_jobs=12",
+]
+FAST = {"frames": "4", "steps": "3"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_exports):
+    from ray import serve
+
+    from inference.serving.app import compose
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = compose(load_config("tiny", overrides=SERVING), str(tiny_exports["base"]), str(tiny_exports["refiner"]))
+    serve.run(app, name="i2vgen-test", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _post(url: str, image: bytes, route: str = "/v1/generate", **fields: str) -> requests.Response:
+    return requests.post(url + route, files={"image": ("in.png", image, "image/png")}, data=fields, timeout=300)
+
+
+def _frames(mp4: bytes, tmp_path: Path, name: str) -> np.ndarray:
+    path = tmp_path / name
+    path.write_bytes(mp4)
+    return decord.VideoReader(str(path)).get_batch(list(range(4))).asnumpy()
+
+
+def test_concurrent_requests_are_served_in_batches(server, tiny_exports, tmp_path) -> None:
+    image = tiny_exports["image"].read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda s: _post(server, image, seed=str(s), **FAST), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text[:200] for a in answers]
+    assert all(a.headers["content-type"] == "video/mp4" for a in answers)
+    frames = _frames(answers[0].content, tmp_path, "a.mp4")
+    assert frames.shape == (4, 128, 224, 3)  # the tiny refiner's frame
+    assert not np.array_equal(frames, _frames(answers[1].content, tmp_path, "b.mp4"))  # seeds differ
+    stats = requests.get(server + "/v1/stats", timeout=30).json()
+    for stage in ("base", "refiner"):
+        sizes = {int(k): n for k, n in stats[stage]["batch_sizes"].items()}
+        assert sum(k * n for k, n in sizes.items()) >= 8
+        assert max(sizes) > 1, f"{stage} never batched: {sizes}"
+
+
+def test_a_queued_job_reports_progress_and_matches_the_synchronous_route(server, tiny_exports) -> None:
+    image = tiny_exports["image"].read_bytes()
+    accepted = _post(server, image, route="/v1/videos", seed="5", prompt="a red square", **FAST)
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    deadline = time.time() + 300
+    while (status := requests.get(server + job["status_url"], timeout=30).json())["status"] in ("queued", "running"):
+        assert time.time() < deadline
+        assert 0.0 <= status["progress"] <= 1.0
+        time.sleep(0.2)
+    assert status["status"] == "succeeded" and status["progress"] == 1.0, status
+    content = requests.get(server + job["content_url"], timeout=30)
+    assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    same = _post(server, image, seed="5", prompt="a red square", **FAST)
+    assert same.content == content.content  # one seed, one video, whichever route
+    assert requests.get(server + "/v1/videos/nope", timeout=30).status_code == 404
+    assert "/v1/videos" in requests.get(server + "/openapi.json", timeout=30).json()["paths"]
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "fields", "status", "words"),
+    [
+        (b"this is not an image", {}, 400, "not a decodable image"),
+        (np.random.default_rng(0).bytes(250_000), {}, 413, "bytes"),
+        (np.random.default_rng(0).bytes(2_000_000), {}, 413, "bytes"),
+        ("big", {}, 413, "pixels"),
+        ("ok", {"frames": "1000"}, 422, "frames"),
+        ("ok", {"frames": "abc"}, 422, "frames"),
+        ("ok", {"sampler": "euler"}, 422, "sampler"),
+        ("ok", {"guidance": "-3"}, 422, "guidance"),
+    ],
+)
+def test_bad_input_gets_its_status_and_the_next_request_succeeds(server, image, fields, status, words) -> None:
+    body = {"big": _png(400, 400), "ok": _png(64, 48)}.get(image, image) if isinstance(image, str) else image
+    answer = _post(server, body, **fields)
+    assert answer.status_code == status, answer.text
+    assert words in answer.text
+    good = _post(server, _png(64, 48), **FAST)
+    assert good.status_code == 200, good.text
+
+
+def test_overload_is_refused_with_retry_after_and_then_served(server, tiny_exports) -> None:
+    image = tiny_exports["image"].read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda s: _post(server, image, route="/v1/videos", seed=str(s), **FAST), range(24)))
+    codes = [a.status_code for a in answers]
+    assert set(codes) <= {202, 503} and 503 in codes and 202 in codes, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert int(refused.headers["Retry-After"]) > 0
+    for accepted in (a.json() for a in answers if a.status_code == 202):
+        deadline = time.time() + 300
+        while requests.get(server + accepted["status_url"], timeout=30).json()["status"] != "succeeded":
+            assert time.time() < deadline
+            time.sleep(0.2)
+    assert _post(server, image, **FAST).status_code == 200
