@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: test benchmarks clean-venv
+.PHONY: test test-slow benchmarks demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,11 +16,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip show torch | grep -q '^Version: 2.14.1' || (echo "torch is not 2.14.1" && exit 1)
 	touch $(STAMP)
 
+# The default suite (about 12 minutes on 2 cores); test-slow adds the demo and a real
+# two-node Ray cluster (about 8 more). CI runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/model_step.py
+
+# The whole system on a generated corpus (about ten minutes on 2 cores): open demo_out/index.html.
+DEMO_OUT ?= demo_out
+demo: $(STAMP)
+	$(PY) -m pipeline demo --out $(DEMO_OUT)
 
 clean-venv:
 	rm -rf $(VENV)

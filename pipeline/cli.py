@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -139,6 +140,18 @@ def cmd_eval_spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from demo.run import budget_from, run_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    summary = run_demo(args.out, budget_from(args.budget))
+    print(json.dumps({"index": str(Path(args.out) / "index.html"), "figures": summary["figures"],
+                      "timings_s": summary["timings_s"]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2vgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     _add_config_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="the whole system on a generated corpus, ending in DIR/index.html")
+    demo.add_argument("--out", required=True, help="the demo's folder; rerunning with it resumes")
+    demo.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
+                      help="change the demo's budget, e.g. base_steps=300 (keys: demo.run.DemoBudget)")
+    demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("eval", help="evaluations of generated videos")
     eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)

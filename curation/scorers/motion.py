@@ -44,6 +44,13 @@ def flow_magnitude(prev_rgb: np.ndarray, rgb: np.ndarray, dt_seconds: float, wor
     return mean_length / math.hypot(*a.shape) / dt_seconds
 
 
+def mean_flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int = 160) -> np.ndarray:
+    """The average dense-flow vector ``(dx, dy)`` between two frames, in work-width pixels:
+    which way the picture moves as a whole (a pan's direction, a shape's drift)."""
+    a, b = _grey_at_width(prev_rgb, work_width), _grey_at_width(rgb, work_width)
+    return cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK).reshape(-1, 2).mean(axis=0)
+
+
 def motion_vector_magnitude(frame: av.VideoFrame) -> float | None:
     """Mean codec motion-vector length of one decoded frame, per frame diagonal.
 
