@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: test test-slow benchmarks demo clean-venv
+.PHONY: install test test-slow benchmarks demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip show torch | grep -q '^Version: 2.14.1' || (echo "torch is not 2.14.1" && exit 1)
 	touch $(STAMP)
+
+install: $(STAMP)
 
 # The default suite (about 12 minutes on 2 cores); test-slow adds the demo and a real
 # two-node Ray cluster (about 8 more). CI runs both.

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from typing import Any, Optional
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -63,6 +63,23 @@ async def too_large(request: Request, err: TooLargeError) -> JSONResponse:
     return JSONResponse(status_code=413, content={"detail": str(err)})
 
 
+class VideoForm:
+    """The multipart form of both video routes: the image, and parameters that default to
+    the config's ``sampling`` section when left out."""
+
+    def __init__(
+        self,
+        image: UploadFile = File(..., description="the first frame (any format Pillow reads)"),
+        prompt: Optional[str] = Form(None, description="a short text for the refiner"),
+        frames: Optional[int] = Form(None), fps: Optional[int] = Form(None),
+        steps: Optional[int] = Form(None, description="base sampling steps"),
+        guidance: Optional[float] = Form(None, description="classifier-free guidance scale"),
+        sampler: Optional[str] = Form(None, description="ddim or dpm++"), seed: Optional[int] = Form(None),
+    ) -> None:
+        self.image, self.prompt, self.frames, self.fps = image, prompt, frames, fps
+        self.steps, self.guidance, self.sampler, self.seed = steps, guidance, sampler, seed
+
+
 @serve.deployment(name="VideoAPI", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class VideoAPI:
@@ -95,15 +112,9 @@ class VideoAPI:
         return out
 
     @api.post("/v1/videos", status_code=202)
-    async def submit(
-        self,
-        image: UploadFile = File(..., description="the first frame"),
-        prompt: Optional[str] = Form(None), frames: Optional[int] = Form(None), fps: Optional[int] = Form(None),
-        steps: Optional[int] = Form(None), guidance: Optional[float] = Form(None),
-        sampler: Optional[str] = Form(None), seed: Optional[int] = Form(None),
-    ):
+    async def submit(self, form: VideoForm = Depends()):
         """Queue a video; poll ``GET /v1/videos/{id}``, then fetch ``/content``."""
-        request = await self._request(image, prompt, frames, fps, steps, guidance, sampler, seed)
+        request = await self._request(form)
         job_id = await self._admit(request)
         task = asyncio.create_task(self._run_job(job_id, request, keep=True))
         self.tasks.add(task)
@@ -131,15 +142,9 @@ class VideoAPI:
         return Response(video, media_type="video/mp4")
 
     @api.post("/v1/generate", response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
-    async def generate(
-        self,
-        image: UploadFile = File(..., description="the first frame"),
-        prompt: Optional[str] = Form(None), frames: Optional[int] = Form(None), fps: Optional[int] = Form(None),
-        steps: Optional[int] = Form(None), guidance: Optional[float] = Form(None),
-        sampler: Optional[str] = Form(None), seed: Optional[int] = Form(None),
-    ):
+    async def generate(self, form: VideoForm = Depends()):
         """Generate and answer with the mp4 itself: for short jobs (the connection stays open)."""
-        request = await self._request(image, prompt, frames, fps, steps, guidance, sampler, seed)
+        request = await self._request(form)
         job_id = await self._admit(request)
         video = await self._run_job(job_id, request, keep=False)
         if video is None:
@@ -147,12 +152,13 @@ class VideoAPI:
             raise HTTPException(500, f"generation failed: {job['error'] if job else 'unknown error'}")
         return Response(video, media_type="video/mp4", headers={"X-Job-Id": job_id})
 
-    async def _request(self, image: UploadFile, prompt, frames, fps, steps, guidance, sampler, seed) -> GenerationRequest:
+    async def _request(self, form: VideoForm) -> GenerationRequest:
         """A validated request; the exception handlers above turn refusals into 4xx."""
         limits = self.config.serving
-        data = await image.read(limits.max_upload_bytes + 1)
+        data = await form.image.read(limits.max_upload_bytes + 1)
         pixels = await asyncio.to_thread(decode_image, data, limits.max_upload_bytes, limits.max_image_pixels)
-        return make_request(self.config, pixels, prompt, frames, fps, steps, guidance, sampler, seed)
+        return make_request(self.config, pixels, form.prompt, form.frames, form.fps, form.steps, form.guidance,
+                            form.sampler, form.seed)
 
     async def _admit(self, request: GenerationRequest) -> str:
         job_id = uuid.uuid4().hex

@@ -30,12 +30,20 @@ def device_and_dtype(deployment: DeploymentConfig) -> tuple[str, torch.dtype]:
 
 
 class _StageReplica:
-    """What both stage deployments share: the cascade, progress reports and batch counts."""
+    """What both stage deployments share: loading the stage, batching settings, progress
+    reports and batch counts."""
 
-    def __init__(self, cascade: Cascade, store_name: str) -> None:
-        self.cascade = cascade
+    stage: str  # "base" or "refiner"
+
+    def __init__(self, config: Config, weights: str, store_name: str) -> None:
+        deployment: DeploymentConfig = getattr(config.serving, self.stage)
+        device, dtype = device_and_dtype(deployment)
+        self.cascade = Cascade.from_files(config, **{self.stage: weights}, device=device, dtype=dtype)
         self.store_name = store_name
+        self.max_batch_size = deployment.max_batch_size
         self.batch_sizes: Counter[int] = Counter()
+        self.generate.set_max_batch_size(deployment.max_batch_size)  # type: ignore[attr-defined]
+        self.generate.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def _record(self, batch: int) -> None:
         self.batch_sizes[batch] += 1
@@ -59,23 +67,15 @@ class _StageReplica:
             "batches": sum(self.batch_sizes.values()),
             "requests": sum(size * n for size, n in self.batch_sizes.items()),
             "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
-            "max_batch_size": self.generate._get_max_batch_size(),  # type: ignore[attr-defined]
+            "max_batch_size": self.max_batch_size,
         }
-
-
-def _configure_batching(method: Any, deployment: DeploymentConfig) -> None:
-    method.set_max_batch_size(deployment.max_batch_size)
-    method.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)
 
 
 @serve.deployment(name="BaseStage")
 class BaseStage(_StageReplica):
     """Image -> 448x256 video (uint8 frames)."""
 
-    def __init__(self, config: Config, weights: str, store_name: str) -> None:
-        device, dtype = device_and_dtype(config.serving.base)
-        super().__init__(Cascade.from_files(config, base=weights, device=device, dtype=dtype), store_name)
-        _configure_batching(self.generate, config.serving.base)
+    stage = "base"
 
     @serve.batch
     async def generate(self, job_ids: list[str], requests: list[GenerationRequest]) -> list[Video]:
@@ -87,10 +87,7 @@ class BaseStage(_StageReplica):
 class RefinerStage(_StageReplica):
     """Base video + text -> 1280x720 video (uint8 frames)."""
 
-    def __init__(self, config: Config, weights: str, store_name: str) -> None:
-        device, dtype = device_and_dtype(config.serving.refiner)
-        super().__init__(Cascade.from_files(config, refiner=weights, device=device, dtype=dtype), store_name)
-        _configure_batching(self.generate, config.serving.refiner)
+    stage = "refiner"
 
     @serve.batch
     async def generate(
