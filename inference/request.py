@@ -60,14 +60,15 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
     if len(data) > max_bytes:
         raise TooLargeError(f"image: {len(data)} bytes is over the limit of {max_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise TooLargeError(f"image: {width}x{height} pixels is over the limit of {max_pixels}")
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"image: not a decodable image ({err})") from err
+    width, height = image.size
+    if width * height > max_pixels:
+        raise TooLargeError(f"image: {width}x{height} pixels is over the limit of {max_pixels}")
+    try:
         return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, TooLargeError):
-            raise
+    except (OSError, SyntaxError, ValueError) as err:  # a valid header over damaged data
         raise ImageError(f"image: not a decodable image ({type(err).__name__}: {err})") from err
 
 

@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
 from pipeline.models.weights import WeightsError
@@ -97,18 +96,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from inference.cascade import Cascade
-    from inference.request import RequestError, make_request
+    from inference.request import ImageError, RequestError, TooLargeError, decode_image, make_request
     from inference.video_files import write_outputs
 
     config = _config_from(args)
+    data = Path(args.image).read_bytes()
     try:
-        request = make_request(
-            config, np.asarray(Image.open(args.image).convert("RGB")), args.prompt, args.frames, args.fps,
-            args.steps, args.guidance, args.sampler, args.seed, args.tr,
-        )
+        pixels = decode_image(data, len(data), config.serving.max_image_pixels)
+        request = make_request(config, pixels, args.prompt, args.frames, args.fps, args.steps, args.guidance,
+                               args.sampler, args.seed, args.tr)
+    except (ImageError, TooLargeError) as err:
+        raise ConfigError(f"--image {args.image}: {err}") from err
     except RequestError as err:
         raise ConfigError(f"--{err.field.replace('refine_from', 'tr')}: {err.message}") from err
     cascade = Cascade.from_files(config, args.base, args.refiner, device=args.device)

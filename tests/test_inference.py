@@ -75,6 +75,10 @@ def test_cli_refuses_bad_parameters_and_mismatched_weights(tiny_exports, tmp_pat
     other = write_tiny_exports(tmp_path / "other", overrides=("unet.head_dim=8",))
     assert main([*args, "--base", str(other["base"])]) == 2
     assert "unet.head_dim" in capsys.readouterr().err
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not pixels")
+    assert main(["generate", "--image", str(not_an_image), "--out", str(out), "--base", str(tiny_exports["base"])]) == 2
+    assert "not a decodable image" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -18,7 +18,7 @@ from pipeline.config.loader import config_to_dict
 from pipeline.config.schema import Config
 from pipeline.models.build import build_denoiser
 from pipeline.models.denoiser import StageDenoiser
-from pipeline.models.weights import WeightsError, load_into
+from pipeline.models.weights import WeightsError, load_into, read_state_dict
 
 # Config keys that decide whether a trained stage means the same thing under another config.
 # Dropout and checkpointing only matter in training, offset noise only to the start noise.
@@ -68,8 +68,6 @@ def check_compatible(file_config: Mapping[str, Any], config: Config, source: str
 
 def load_stage(path: str | Path, stage: str, config: Config, source: str = "") -> StageDenoiser:
     """A ``StageDenoiser`` for ``stage`` with the file's weights, in eval mode."""
-    from pipeline.models.weights import read_state_dict
-
     source = source or str(path)
     meta = read_stage_metadata(path)
     if meta.get("stage") and meta["stage"] != stage:
