@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The default suite (about 12 minutes on 2 cores); test-slow adds the demo and a real
-# two-node Ray cluster (about 8 more). CI runs both.
+# The default suite; test-slow adds the multi-minute end-to-end runs (the demo, a real
+# two-node Ray cluster, workers and jobs killed mid-run). CI runs both.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=10
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/model_step.py

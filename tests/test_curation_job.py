@@ -108,6 +108,7 @@ def test_rerun_appends_nothing_and_thresholds_change_without_rescoring(corpus, c
     assert any(keep for keep, _ in _rows(curated, CLIPS, ["keep", "drop_reason"]))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_tables(corpus, curated, tmp_path) -> None:
     folder, _ = corpus
     out = tmp_path / "resumed"

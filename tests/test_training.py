@@ -104,6 +104,7 @@ def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> 
     load_into(build_denoiser(load_config("tiny"), "refiner"), state)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> None:
     import psutil
 
