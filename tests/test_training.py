@@ -79,6 +79,7 @@ def test_export_holds_the_ema_weights(base_run, tmp_path) -> None:
     assert moved  # zero-initialised temporal layers were trained away from zero
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_the_run_folder(base_run, data) -> None:
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(base_run), "--preset", "tiny",
                 "--zero-stage", "2", "--max-steps", "6", "--checkpoint-every", "2")
@@ -87,6 +88,7 @@ def test_rerun_resumes_from_the_run_folder(base_run, data) -> None:
     assert [r["step"] for r in _metrics(base_run)][-2:] == [5, 6]
 
 
+@pytest.mark.slow
 def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> None:
     base = tmp_path / "base.safetensors"
     assert _cli("export", str(base_run), "--out", str(base)).returncode == 0
