@@ -19,7 +19,7 @@ def mp4_bytes(frames: Video, fps: int, crf: int = 18) -> bytes:
     One lookahead thread keeps x264's output a function of its input alone, so the same
     seed gives the same file, not just the same frames.
     """
-    count, height, width = frames.shape[:3]
+    height, width = frames.shape[1:3]
     if width % 2 or height % 2:
         raise ValueError(f"H.264 in yuv420p needs an even frame size, got {width}x{height}")
     buffer = io.BytesIO()
