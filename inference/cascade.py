@@ -25,8 +25,7 @@ from pipeline.diffusion.guidance import guided
 from pipeline.diffusion.noising import add_image_to_first_frame, renoise, sample_noise
 from pipeline.diffusion.samplers import SAMPLERS, Denoise, sampling_timesteps
 from pipeline.diffusion.schedule import NoiseSchedule
-from pipeline.models.build import build_autoencoder, build_clip
-from pipeline.models.denoiser import StageDenoiser
+from pipeline.models.build import Denoiser, build_autoencoder, build_clip
 from pipeline.models.stage_file import load_stage
 
 # on_step(stage, rows, steps done, steps in all) after every model evaluation of a batch;
@@ -67,6 +66,22 @@ def image_tensor(image: np.ndarray, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(resized).permute(2, 0, 1) / 127.5 - 1
 
 
+def crop_wide(image: np.ndarray, width: int, height: int) -> Image.Image:
+    """VGen's ``CenterCropWide``: scale (box filter) so the image just covers
+    ``width x height``, then cut out the centre. The released model saw its conditions
+    prepared this way, so it is how its base stage prepares them here."""
+    pil = Image.fromarray(image)
+    scale = min(pil.width / width, pil.height / height)
+    pil = pil.resize((round(pil.width // scale), round(pil.height // scale)), Image.Resampling.BOX)
+    left, top = (pil.width - width) // 2, (pil.height - height) // 2
+    return pil.crop((left, top, left + width, top + height))
+
+
+def pil_tensor(image: Image.Image) -> torch.Tensor:
+    """``(3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+
+
 def to_frames(pixels: torch.Tensor) -> list[Video]:
     """``(B, 3, F, H, W)`` in [-1, 1] -> one uint8 ``(F, H, W, 3)`` array per row."""
     scaled = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -95,8 +110,8 @@ class Cascade:
     def __init__(
         self,
         config: Config,
-        base: Optional[StageDenoiser],
-        refiner: Optional[StageDenoiser],
+        base: Optional[Denoiser],
+        refiner: Optional[Denoiser],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -163,26 +178,59 @@ class Cascade:
         return out  # type: ignore[return-value]
 
     def _base_batch(self, requests: list[GenerationRequest], on_step: Optional[StepCounter]) -> list[Video]:
+        latents = self.base_latents(requests, on_step)
+        return to_frames(self.vae.decode_video(latents, self.config.sampling.decode_chunk))
+
+    @torch.no_grad()
+    def base_latents(self, requests: list[GenerationRequest], on_step: Optional[StepCounter] = None) -> torch.Tensor:
+        """The base stage's sampled latents ``(B, C, F, h, w)`` for one batch of requests
+        that share a ``batch_key`` (what parity checks against other implementations read)."""
         if self.base is None:
             raise RuntimeError("this cascade has no base stage")
-        stage, first = self.config.stages.base, requests[0]
-        images = torch.stack([image_tensor(r.image, stage.width, stage.height) for r in requests]).to(self.device)
-        image_latent = self.vae.encode(images.to(self.dtype))
-        context = self.clip.encode_image(images).to(self.dtype)
+        first, sampling = requests[0], self.config.sampling
+        conditions = self._base_conditions(requests)
+        image_latent = conditions["image_latent"]
         shape = (1, self.vae.latent_channels, first.frames, *image_latent.shape[-2:])
+        # Offset noise is the paper's; the released model samples from plain noise (VGen, diffusers).
+        offset = self.config.diffusion.offset_noise if self.base.adds_image_to_noise else 0.0
         noise = torch.cat(
-            [sample_noise(shape, self.config.diffusion.offset_noise, torch.Generator().manual_seed(r.seed)) for r in requests]
+            [sample_noise(shape, offset, torch.Generator().manual_seed(r.seed)) for r in requests]
         ).to(self.device, self.dtype)
         # The detail encoder: sampling starts from noise that already holds the image on frame 0.
-        x = add_image_to_first_frame(noise, image_latent)
-        denoise = guided(
-            self.base,
-            {"context": context, "fps": self._fps(requests), "image_latent": image_latent},
-            torch.tensor([r.guidance for r in requests]),
+        x = add_image_to_first_frame(noise, image_latent) if self.base.adds_image_to_noise else noise
+        denoise = guided(self.base, conditions, torch.tensor([r.guidance for r in requests]))
+        timesteps = sampling_timesteps(
+            first.steps, self.schedule.num_train_timesteps, sampling.spacing, sampling.steps_offset
         )
-        timesteps = sampling_timesteps(first.steps, self.schedule.num_train_timesteps)
-        latents = self._sample(first.sampler, denoise, x, timesteps, "base", on_step)
-        return to_frames(self.vae.decode_video(latents, self.config.sampling.decode_chunk))
+        return self._sample(first.sampler, denoise, x, timesteps, "base", on_step)
+
+    def _base_conditions(self, requests: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+        """The paper's base sees the image (CLIP embedding, and its latent through the global
+        encoder); the released model also the prompt, with the negative prompt's tokens in
+        the unconditional branch, and the image prepared as VGen prepares it."""
+        stage = self.config.stages.base
+        fps = self._fps(requests)
+        if not self.base.text_conditioned:
+            images = torch.stack([image_tensor(r.image, stage.width, stage.height) for r in requests]).to(self.device)
+            return {
+                "context": self.clip.encode_image(images).to(self.dtype),
+                "fps": fps,
+                "image_latent": self.vae.encode(images.to(self.dtype)),
+            }
+        side = self.clip.image_size if isinstance(self.clip.image_size, int) else self.clip.image_size[0]
+        images = torch.stack([pil_tensor(crop_wide(r.image, stage.width, stage.height)) for r in requests])
+        squares = torch.stack(
+            [pil_tensor(crop_wide(r.image, stage.width, stage.width).resize((side, side), Image.Resampling.BILINEAR))
+             for r in requests]
+        )
+        negative = [self.config.sampling.negative_prompt] * len(requests)
+        return {
+            "context": self.clip.encode_text([r.prompt for r in requests]).to(self.dtype),
+            "null_context": self.clip.encode_text(negative).to(self.dtype),
+            "image_embedding": self.clip.encode_image(squares.to(self.device)).to(self.dtype),
+            "fps": fps,
+            "image_latent": self.vae.encode(images.to(self.device, self.dtype)),
+        }
 
     def _refiner_batch(
         self, videos: list[Video], requests: list[GenerationRequest], on_step: Optional[StepCounter]

@@ -8,6 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet3DConditionModel
 
 from pipeline.config import load_config
+from pipeline.config.schema import VAEConfig
 from pipeline.model_info import count_parts, stage_info
 from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
 from pipeline.models.global_encoder import GlobalEncoder
@@ -170,7 +171,7 @@ def test_pixel_unshuffle_autoencoder_is_lossless(tiny) -> None:
 
 
 def test_sd_autoencoder_shapes() -> None:
-    vae = SDAutoencoder()
+    vae = SDAutoencoder(VAEConfig())
     assert sum(p.numel() for p in vae.parameters()) == 83_653_863  # SD 2.1's VAE
     with torch.no_grad():
         latents = vae.encode_video(torch.rand(1, 3, 2, 32, 48) * 2 - 1)

@@ -136,6 +136,20 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported type {tp}")
 
 
+def _validate_release(config: Config) -> None:
+    """What diffusers' ``I2VGenXLUNet`` fixes: 4 latent channels (its image-latent branches
+    are built for them), an FPS embedding, and 8 heads in the transformer after conv_in."""
+    unet = config.unet
+    if config.vae.kind != "sd":
+        raise ConfigError("vae.kind: model.arch=release needs the sd VAE (4 latent channels)")
+    if not unet.use_fps_embedding:
+        raise ConfigError("unet.use_fps_embedding: model.arch=release always has the FPS embedding")
+    if unet.conv_in_temporal_heads != 8:
+        raise ConfigError("unet.conv_in_temporal_heads: model.arch=release fixes it at 8")
+    if unet.gradient_checkpointing:
+        raise ConfigError("unet.gradient_checkpointing: diffusers' I2VGenXLUNet does not support it")
+
+
 def validate(config: Config) -> None:
     """Cross-field checks that single-field types cannot express."""
     unet, vae, enc = config.unet, config.vae, config.global_encoder
@@ -161,8 +175,13 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"unet.{key}: {getattr(unet, key)} but the {vae.kind} VAE gives {latent} latent channels"
             )
-    if vae.kind == "sd" and vae.factor != 8:
-        raise ConfigError(f"vae.factor: the sd VAE downsamples by 8, got {vae.factor}")
+    if vae.kind == "sd" and vae.factor != 2 ** (len(vae.block_out_channels) - 1):
+        raise ConfigError(
+            f"vae.factor: an sd VAE with {len(vae.block_out_channels)} levels downsamples by "
+            f"{2 ** (len(vae.block_out_channels) - 1)}, got {vae.factor}"
+        )
+    if config.model.arch == "release":
+        _validate_release(config)
     if enc.pool_size != 2 ** (len(enc.stage_channels) + 1):
         raise ConfigError(
             f"global_encoder.pool_size: {enc.pool_size} must be 2 * 2**len(stage_channels) = "

@@ -12,6 +12,20 @@ from typing import Literal, Optional
 
 
 @dataclass
+class ModelConfig:
+    """Which base architecture the system builds.
+
+    ``paper``: the base 3D UNet of arXiv 2311.04145 (image context plus the global encoder,
+    image latent added to the first frame's noise). ``release``: the single-stage model that
+    was published (diffusers' ``I2VGenXLUNet``: the image latent concatenated to the input,
+    77 text + 64 local-image + 4 global-image context tokens). The refiner is always the
+    paper's; ``release`` usually runs without one.
+    """
+
+    arch: Literal["paper", "release"] = "paper"
+
+
+@dataclass
 class UNetConfig:
     """The 3D UNet shared by the base and the refiner (the refiner starts from the base)."""
 
@@ -65,8 +79,11 @@ class VAEConfig:
     """The image autoencoder: SD 2.1's AutoencoderKL, or a weight-free lossless stand-in."""
 
     kind: Literal["sd", "pixel_unshuffle"] = "sd"
-    # Spatial downsampling of the pixel_unshuffle autoencoder (the SD VAE's is fixed at 8).
+    # Spatial downsampling of the pixel_unshuffle autoencoder (the SD VAE's follows its levels).
     factor: int = 8
+    # Shape of the SD VAE built without weights (SD 2.1's; tests use a smaller one).
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
+    norm_num_groups: int = 32
     # A local weights path for the SD VAE (a diffusers folder or a single file).
     weights: Optional[str] = None
 
@@ -120,6 +137,13 @@ class SamplingConfig:
     fps: int = 8
     # Frames the VAE decodes at once (a 1280x720 decode is the memory peak of inference).
     decode_chunk: int = 4
+    # Where the sampler's steps sit in [0, T): "trailing" starts at T - 1 (Lin et al. 2023);
+    # "leading" is DDIM's original spacing (0, k, 2k, ... plus steps_offset), which the
+    # released model samples with (981, 961, ..., 1 for 50 steps).
+    spacing: Literal["trailing", "leading"] = "trailing"
+    steps_offset: int = 0
+    # The text of the unconditional branch of guidance, for text-conditioned stages.
+    negative_prompt: str = ""
 
 
 @dataclass
@@ -296,6 +320,7 @@ class Config:
     """The root: one object describes the model, the diffusion process and both stages."""
 
     preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     global_encoder: GlobalEncoderConfig = field(default_factory=GlobalEncoderConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)

@@ -17,13 +17,20 @@ from pipeline.diffusion.schedule import NoiseSchedule
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def sampling_timesteps(num_steps: int, start: int) -> list[int]:
-    """``num_steps`` descending steps spread evenly over ``[0, start)``, the first being
-    ``start - 1`` ("trailing" spacing, Lin et al. 2023): the sampler begins exactly where
-    the noise was put, which matters for zero-terminal-SNR schedules and for the refiner
-    (``start = T_r``)."""
+def sampling_timesteps(num_steps: int, start: int, spacing: str = "trailing", offset: int = 0) -> list[int]:
+    """``num_steps`` descending steps over ``[0, start)``.
+
+    ``trailing`` (Lin et al. 2023) puts the first at ``start - 1``: the sampler begins
+    exactly where the noise was put, which matters for zero-terminal-SNR schedules and for
+    the refiner (``start = T_r``). ``leading`` is DDIM's original ``k * (start // steps)``
+    plus ``offset`` (diffusers' ``steps_offset``), which the released model samples with:
+    981, 961, ..., 1 for 50 of 1000 steps with offset 1.
+    """
     if not 1 <= num_steps <= start:
         raise ValueError(f"steps: need 1 <= steps <= {start}, got {num_steps}")
+    if spacing == "leading":
+        ratio = start // num_steps
+        return [min(i * ratio + offset, start - 1) for i in reversed(range(num_steps))]
     ratio = start / num_steps
     return [int(round(start - i * ratio)) - 1 for i in range(num_steps)]
 

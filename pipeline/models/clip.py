@@ -34,14 +34,37 @@ def clip_model_config(arch: str) -> dict[str, Any]:
     return cfg
 
 
-def clip_embed_dim(arch: str) -> int:
+def clip_embed_dim(cfg: ClipConfig) -> int:
     """Width of the image embedding (what the base's context gets)."""
-    return clip_model_config(arch)["embed_dim"]
+    if cfg.arch == "hf":
+        from pipeline.models.hf_clip import hf_clip_widths
+
+        return hf_clip_widths(cfg)[0]
+    return clip_model_config(cfg.arch)["embed_dim"]
 
 
-def clip_text_width(arch: str) -> int:
+def clip_text_width(cfg: ClipConfig) -> int:
     """Width of the text tokens (what the refiner's context gets)."""
-    return clip_model_config(arch)["text_cfg"]["width"]
+    if cfg.arch == "hf":
+        from pipeline.models.hf_clip import hf_clip_widths
+
+        return hf_clip_widths(cfg)[1]
+    return clip_model_config(cfg.arch)["text_cfg"]["width"]
+
+
+def clip_pixels(pixels: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] ``(B, 3, H, W)`` -> CLIP's normalised ``(B, 3, size, size)`` input.
+
+    The centre square is resized to CLIP's input size, as VGen and diffusers do; an input
+    already at that size passes through unchanged.
+    """
+    height, width = pixels.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[..., top : top + side, left : left + side].float()
+    if side != size:
+        square = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return ((square + 1) / 2 - mean) / std
 
 
 class FrozenOpenCLIP(nn.Module):
@@ -69,17 +92,9 @@ class FrozenOpenCLIP(nn.Module):
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] ``(B, 3, H, W)`` -> ``(B, 1, embed_dim)``.
-
-        The centre square is resized to CLIP's input size, as VGen and diffusers do.
-        """
-        height, width = pixels.shape[-2:]
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        square = pixels[..., top : top + side, left : left + side]
-        size = self.image_size if isinstance(self.image_size, (tuple, list)) else (self.image_size,) * 2
-        x = F.interpolate(square.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-        x = ((x + 1) / 2 - self.mean) / self.std
+        """Pixels in [-1, 1] ``(B, 3, H, W)`` -> ``(B, 1, embed_dim)``."""
+        size = self.image_size if isinstance(self.image_size, int) else self.image_size[0]
+        x = clip_pixels(pixels, size, self.mean, self.std)
         return self.model.encode_image(x)[:, None, :]
 
     @torch.no_grad()

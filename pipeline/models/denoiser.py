@@ -40,6 +40,15 @@ class StageDenoiser(nn.Module):
             else None
         )
 
+    @property
+    def adds_image_to_noise(self) -> bool:
+        """The base starts from noise holding the image latent on frame 0 (the detail encoder)."""
+        return self.stage == "base"
+
+    @property
+    def text_conditioned(self) -> bool:
+        return self.stage == "refiner"
+
     def condition(
         self,
         context: torch.Tensor,

@@ -16,15 +16,14 @@ import yaml
 
 from pipeline.config.loader import config_to_dict
 from pipeline.config.schema import Config
-from pipeline.models.build import build_denoiser
-from pipeline.models.denoiser import StageDenoiser
+from pipeline.models.build import Denoiser, build_denoiser
 from pipeline.models.weights import WeightsError, load_into, read_state_dict
 
 # Config keys that decide whether a trained stage means the same thing under another config.
 # Dropout and checkpointing only matter in training, offset noise only to the start noise.
 _IGNORED = {"unet.gradient_checkpointing", "unet.temporal_dropout", "diffusion.offset_noise", "clip.weights",
             "vae.weights"}
-_SECTIONS = ("unet", "global_encoder", "clip", "vae", "diffusion")
+_SECTIONS = ("model", "unet", "global_encoder", "clip", "vae", "diffusion")
 
 
 def save_stage(state: Mapping[str, torch.Tensor], path: str | Path, stage: str, config: Config, step: int) -> Path:
@@ -66,8 +65,8 @@ def check_compatible(file_config: Mapping[str, Any], config: Config, source: str
                 raise WeightsError(f"{source}: {dotted} is {theirs!r} in the file but {value!r} in this config{hint}")
 
 
-def load_stage(path: str | Path, stage: str, config: Config, source: str = "") -> StageDenoiser:
-    """A ``StageDenoiser`` for ``stage`` with the file's weights, in eval mode."""
+def load_stage(path: str | Path, stage: str, config: Config, source: str = "") -> Denoiser:
+    """The denoiser for ``stage`` with the file's weights, in eval mode."""
     source = source or str(path)
     meta = read_stage_metadata(path)
     if meta.get("stage") and meta["stage"] != stage:

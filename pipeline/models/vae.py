@@ -88,16 +88,21 @@ class SDAutoencoder(ImageAutoencoder):
     generator, and takes its mean otherwise, so encodes are reproducible by default.
     """
 
-    factor = 8
     latent_channels = 4
 
-    def __init__(self, weights: Optional[str] = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, cfg: VAEConfig, device: str | torch.device = "cpu") -> None:
         super().__init__()
         from diffusers import AutoencoderKL
 
+        weights = cfg.weights
         if weights is None:
+            levels = len(cfg.block_out_channels)
+            shape = dict(
+                block_out_channels=list(cfg.block_out_channels), norm_num_groups=cfg.norm_num_groups,
+                down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+            )
             with torch.device(device):
-                self.model = AutoencoderKL(**SD_VAE_CONFIG)
+                self.model = AutoencoderKL(**{**SD_VAE_CONFIG, **shape})
         else:
             path = Path(weights)
             if not path.exists():
@@ -107,6 +112,7 @@ class SDAutoencoder(ImageAutoencoder):
             else:
                 self.model = AutoencoderKL.from_single_file(path, local_files_only=True)
         self.scaling_factor = float(self.model.config.scaling_factor)
+        self.factor = 2 ** (len(self.model.config.block_out_channels) - 1)
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         posterior = self.model.encode(pixels).latent_dist
@@ -120,4 +126,4 @@ class SDAutoencoder(ImageAutoencoder):
 def build_vae(cfg: VAEConfig, device: str | torch.device = "cpu") -> ImageAutoencoder:
     if cfg.kind == "pixel_unshuffle":
         return PixelUnshuffleAutoencoder(cfg.factor)
-    return SDAutoencoder(cfg.weights, device)
+    return SDAutoencoder(cfg, device)

@@ -1,0 +1,100 @@
+"""The released I2VGen-XL (``model.arch: release``) behind the interface of ``StageDenoiser``.
+
+The published checkpoint is not the paper's cascade: it is one 1280x704 stage whose UNet
+(diffusers' ``I2VGenXLUNet``, built here rather than rewritten) takes the image latent
+concatenated to the noisy input and 77 text + 64 local-image + 4 global-image context
+tokens. Wrapping it in the same call signature as the paper's base lets the DeepSpeed
+trainer fine-tune it and the cascade and the Serve endpoint sample it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from pipeline.config.schema import Config, UNetConfig
+
+
+def release_unet_kwargs(unet: UNetConfig) -> dict[str, Any]:
+    """``I2VGenXLUNet`` constructor arguments for a ``UNetConfig``.
+
+    diffusers passes ``attention_head_dim`` on as the blocks' ``num_attention_heads``, which
+    they read as the head size: ``head_dim`` maps onto it, so heads = channels / head_dim as
+    in VGen. Levels with attention use the cross-attention blocks.
+    """
+    down = ["CrossAttnDownBlock3D" if a else "DownBlock3D" for a in unet.attention_levels]
+    up = ["CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(unet.attention_levels)]
+    return dict(
+        in_channels=unet.in_channels,
+        out_channels=unet.out_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        block_out_channels=tuple(unet.block_out_channels),
+        layers_per_block=unet.layers_per_block,
+        norm_num_groups=unet.norm_num_groups,
+        cross_attention_dim=unet.cross_attention_dim,
+        attention_head_dim=unet.head_dim,
+    )
+
+
+def image_latent_frames(image_latent: torch.Tensor, frames: int) -> torch.Tensor:
+    """``(B, C, h, w)`` -> ``(B, C, F, h, w)``: the image on frame 0, then constant frames
+    ``k / (F - 1)`` that tell the concat branch each frame's position (VGen's ramp)."""
+    first = image_latent[:, :, None]
+    if frames == 1:
+        return first
+    ramp = torch.arange(1, frames, device=image_latent.device, dtype=image_latent.dtype) / (frames - 1)
+    rest = ramp.view(1, 1, -1, 1, 1).expand(first.shape[0], first.shape[1], -1, *first.shape[-2:])
+    return torch.cat([first, rest], dim=2)
+
+
+class ReleaseDenoiser(nn.Module):
+    """``(noisy latents, t, text tokens, fps, image latent, image embedding) -> v``.
+
+    ``context`` is the prompt's CLIP text tokens; ``image_embedding`` ``(B, 1, D)`` the
+    input image's CLIP embedding; ``image_latent`` ``(B, C, h, w)`` its VAE latent. Rows
+    whose ``keep_condition`` is False get ``null_context`` (the negative prompt's tokens)
+    and a zero image embedding: the unconditional branch of the released pipeline, and the
+    same path condition dropout trains. The image latent and fps stay in both branches.
+    """
+
+    stage = "base"
+    adds_image_to_noise = False
+    text_conditioned = True
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        from diffusers import I2VGenXLUNet
+
+        self.unet = I2VGenXLUNet(**release_unet_kwargs(config.unet))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        fps: Optional[torch.Tensor] = None,
+        image_latent: Optional[torch.Tensor] = None,
+        keep_condition: Optional[torch.Tensor] = None,
+        image_embedding: Optional[torch.Tensor] = None,
+        null_context: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        if fps is None or image_latent is None or image_embedding is None:
+            raise ValueError("the release model needs fps, image_latent and image_embedding")
+        if keep_condition is not None:
+            keep = keep_condition.to(device=context.device).view(-1, 1, 1)
+            null = torch.zeros_like(context) if null_context is None else null_context.to(context.dtype)
+            context = torch.where(keep, context, null)
+            image_embedding = image_embedding * keep.to(image_embedding.dtype)
+        dtype = sample.dtype
+        return self.unet(
+            sample,
+            torch.as_tensor(timestep, device=sample.device),
+            fps=torch.as_tensor(fps, device=sample.device),
+            image_latents=image_latent_frames(image_latent.to(dtype), sample.shape[2]),
+            image_embeddings=image_embedding.to(dtype),
+            encoder_hidden_states=context.to(dtype),
+            return_dict=False,
+        )[0]
