@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
 from pipeline.models.weights import WeightsError
+from pipeline.models.weights_check import LAYOUTS
 
 
 def _add_config_args(
@@ -91,7 +92,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.job import export
 
-    print(export(args.run_dir, args.out))
+    print(export(args.run_dir, args.out, args.diffusers))
+    return 0
+
+
+def cmd_weights_check(args: argparse.Namespace) -> int:
+    from pipeline.models.weights_check import check_folder, format_report
+
+    layout, reports = check_folder(args.dir, _config_from(args), args.layout)
+    print(format_report(args.dir, layout, reports))
+    return 0 if all(r.status in ("ok", "present") for r in reports) else 1
+
+
+def cmd_weights_import(args: argparse.Namespace) -> int:
+    """Public weights -> our stage file (and optionally a diffusers folder), so generate and
+    serve run them like a trained export."""
+    from pipeline.models.build import build_denoiser
+    from pipeline.models.diffusers_folder import save_diffusers_folder
+    from pipeline.models.init_weights import initialise
+    from pipeline.models.stage_file import save_stage
+
+    config = _config_from(args)
+    model = build_denoiser(config, args.stage)
+    print(initialise(model, args.source, source=args.source))
+    print(save_stage(model.state_dict(), args.out, args.stage, config, step=0))
+    if args.diffusers:
+        print(save_diffusers_folder(model, config, args.stage, args.diffusers))
     return 0
 
 
@@ -186,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3])
     train.add_argument("--max-steps", dest="max_steps", type=int)
     train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    train.add_argument("--init", help="start from an export (the refiner starts from the base)")
+    train.add_argument(
+        "--init",
+        help="start from an export (the refiner starts from the base), SD 2.1 (a diffusers folder or an original "
+        "single file: the spatial layers) or, with model.arch=release, the released I2VGen-XL (VGen's .pth or "
+        "the diffusers folder)",
+    )
     train.add_argument("--where", help='SQL filter on the tables, e.g. "aesthetic > 6 AND motion > 0.2"')
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
@@ -194,11 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's EMA weights as one safetensors file")
     export.add_argument("run_dir")
     export.add_argument("--out", required=True)
+    export.add_argument("--diffusers", metavar="DIR", help="also write a diffusers-style folder (unet/, scheduler/)")
     export.set_defaults(func=cmd_export)
+
+    weights = sub.add_parser("weights", help="public weights: check a folder, import into a stage file")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    check = weights_sub.add_parser("check", help="which expected files DIR holds and whether they fit the preset")
+    check.add_argument("dir")
+    check.add_argument("--layout", choices=sorted(LAYOUTS), help="the layout to check against (default: detect)")
+    _add_config_args(check)
+    check.set_defaults(func=cmd_weights_check)
+    imp = weights_sub.add_parser(
+        "import", help="SD 2.1 or the released I2VGen-XL -> a stage file that generate and serve load"
+    )
+    imp.add_argument("source", help="a diffusers folder or an original single-file checkpoint")
+    imp.add_argument("--out", required=True, help="the stage file to write (.safetensors)")
+    imp.add_argument("--stage", default="base", choices=["base", "refiner"])
+    imp.add_argument("--diffusers", metavar="DIR", help="also write a diffusers-style folder")
+    _add_config_args(imp)
+    imp.set_defaults(func=cmd_weights_import)
 
     generate = sub.add_parser("generate", help="image (+ text) -> video through the cascade")
     generate.add_argument("--image", required=True, help="the first frame (any format Pillow reads)")
-    generate.add_argument("--prompt", help="a short text for the refiner")
+    generate.add_argument("--prompt", help="a short text (the refiner's condition; the release base's too)")
     generate.add_argument("--base", required=True, help="the base stage's export (.safetensors)")
     generate.add_argument("--refiner", help="the refiner's export; without it, the base video alone")
     generate.add_argument("--sampler", choices=["ddim", "dpm++"])

@@ -17,7 +17,11 @@ import yaml
 
 from pipeline.config.loader import ConfigError, config_to_dict, from_dict, validate
 from pipeline.config.schema import Config
+from pipeline.models.build import build_denoiser
+from pipeline.models.diffusers_folder import save_diffusers_folder
+from pipeline.models.init_weights import initialise
 from pipeline.models.stage_file import save_stage
+from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
 from training.data import load_catalog, plan_dataset, validate_shapes
 from training.loop import train_loop_per_worker
@@ -48,8 +52,12 @@ def train(
 
     if stage not in ("base", "refiner"):
         raise ConfigError(f"--stage: must be base or refiner, got {stage!r}")
-    if init and not Path(init).is_file():
-        raise ConfigError(f"--init: {init} is not a file")
+    if init:
+        if not Path(init).exists():
+            raise ConfigError(f"--init: {init} does not exist")
+        # Fit the weights to the model's shapes on the meta device: a wrong file fails here,
+        # naming its first bad key, not in every worker after the cluster has started.
+        initialise(build_denoiser(config, stage, device="meta"), init)
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
     catalog = load_catalog(data_dir, config.train.where)
@@ -119,9 +127,10 @@ def run_config(run_dir: str | Path) -> tuple[str, Config]:
     return stage, config
 
 
-def export(run_dir: str | Path, out: str | Path) -> Path:
+def export(run_dir: str | Path, out: str | Path, diffusers_dir: Optional[str | Path] = None) -> Path:
     """One safetensors file of the EMA weights of the newest checkpoint, with the stage and
-    the config in its metadata, so inference needs nothing else."""
+    the config in its metadata, so inference needs nothing else; and, given
+    ``diffusers_dir``, the same weights as a diffusers-style folder."""
     from safetensors.torch import load_file
 
     run = Path(run_dir)
@@ -129,4 +138,10 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     if folder is None:
         raise ConfigError(f"RUN_DIR: {run} has no finished checkpoint to export")
     stage, config = run_config(run)
-    return save_stage(load_file(str(folder / "ema.safetensors")), out, stage, config, checkpoint_step(folder))
+    ema = load_file(str(folder / "ema.safetensors"))
+    path = save_stage(ema, out, stage, config, checkpoint_step(folder))
+    if diffusers_dir is not None:
+        model = build_denoiser(config, stage)
+        load_into(model, ema, source=str(folder / "ema.safetensors"))
+        save_diffusers_folder(model, config, stage, diffusers_dir)
+    return path

@@ -21,7 +21,9 @@ import torch
 
 from pipeline.config.schema import Config
 from pipeline.diffusion.schedule import NoiseSchedule
-from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
+from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip, build_denoiser
+from pipeline.models.init_weights import initialise
+from pipeline.models.vae import ImageAutoencoder
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
 
@@ -41,17 +43,26 @@ def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
     }
 
 
-def _init_weights(model: torch.nn.Module, path: str) -> None:
-    """Start from an export (the refiner starts from the base): every UNet weight must fit."""
-    from pipeline.models.weights import load_into, read_state_dict
-
-    state = read_state_dict(path)
-    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    load_into(model.unet, unet, source=f"--init {path}")
-    if model.global_encoder is not None:
-        encoder = {k[len("global_encoder."):]: v for k, v in state.items() if k.startswith("global_encoder.")}
-        if encoder:
-            load_into(model.global_encoder, encoder, source=f"--init {path}")
+def encode_batch(
+    model: Denoiser, clip: ClipEncoders, vae: ImageAutoencoder, pixels: torch.Tensor, captions: list[str],
+    fps: torch.Tensor, dtype: torch.dtype,
+) -> DiffusionBatch:
+    """The frozen encoders' view of a micro-batch ``(B, 3, F, H, W)``: what this stage's
+    denoiser is conditioned on. The paper's base sees the first frame (CLIP embedding and
+    latent), the refiner the captions, the released model both."""
+    latents = vae.encode_video(pixels).to(dtype)
+    first = pixels[:, :, 0]
+    image_latent = latents[:, :, 0] if model.stage == "base" else None
+    if not model.text_conditioned:
+        return DiffusionBatch(latents, clip.encode_image(first).to(dtype), fps, image_latent)
+    text = clip.encode_text(captions).to(dtype)
+    if model.stage != "base":
+        return DiffusionBatch(latents, text, fps)
+    return DiffusionBatch(
+        latents, text, fps, image_latent,
+        image_embedding=clip.encode_image(first).to(dtype),
+        null_context=clip.encode_text([""] * len(captions)).to(dtype),
+    )
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -71,7 +82,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = build_denoiser(config, stage)
     if loop_config.get("init"):
-        _init_weights(model, loop_config["init"])
+        loaded = initialise(model, loop_config["init"])
+        if rank == 0:
+            print(loaded, flush=True)
     optimizer, schedule = build_optimizer(model, train)
     engine, optimizer, _, schedule = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
@@ -119,12 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         pixels = torch.from_numpy(np.array(video)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         fps = torch.full((pixels.shape[0],), int(batch["fps"][0]), device=device)
         with torch.no_grad():
-            latents = vae.encode_video(pixels).to(dtype)
-            if stage == "base":
-                context = clip.encode_image(pixels[:, :, 0]).to(dtype)
-            else:
-                context = clip.encode_text(str(batch["caption"][0]).split("\x1f")).to(dtype)
-        data = DiffusionBatch(latents, context, fps, latents[:, :, 0] if stage == "base" else None)
+            data = encode_batch(model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"), fps, dtype)
         loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
         engine.step()

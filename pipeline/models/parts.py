@@ -12,6 +12,11 @@ Part = Literal["spatial", "temporal", "embedding", "global_encoder"]
 
 # Module names that exist only in the video model (absent from SD 2.1's 2D UNet).
 TEMPORAL_MODULES = ("temp_convs", "temp_attentions", "transformer_in")
+# The released model's condition branches (diffusers' I2VGenXLUNet names), also new.
+EMBEDDING_MODULES = (
+    "fps_embedding", "context_embedding", "image_latents_proj_in", "image_latents_temporal_encoder",
+    "image_latents_context_embedding",
+)
 
 
 def parameter_part(name: str) -> Part:
@@ -21,6 +26,6 @@ def parameter_part(name: str) -> Part:
     parts = name.split(".")
     if any(p in TEMPORAL_MODULES for p in parts):
         return "temporal"
-    if "fps_embedding" in parts:
+    if any(p in EMBEDDING_MODULES for p in parts):
         return "embedding"
     return "spatial"

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config.schema import VAEConfig
+from pipeline.models.public_checkpoints import read_sd_vae_state
+from pipeline.models.weights import load_into
 
 # SD 2.1's VAE: 128-256-512-512 channels, 4 latent channels, latents scaled by 0.18215.
 SD_VAE_CONFIG = dict(
@@ -94,8 +96,12 @@ class SDAutoencoder(ImageAutoencoder):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        weights = cfg.weights
-        if weights is None:
+        weights = None if cfg.weights is None else Path(cfg.weights)
+        if weights is not None and not weights.exists():
+            raise FileNotFoundError(f"vae.weights: {weights} does not exist")
+        if weights is not None and (weights / "config.json").is_file():  # a diffusers vae/ folder
+            self.model = AutoencoderKL.from_pretrained(weights, local_files_only=True)
+        else:
             levels = len(cfg.block_out_channels)
             shape = dict(
                 block_out_channels=list(cfg.block_out_channels), norm_num_groups=cfg.norm_num_groups,
@@ -103,14 +109,8 @@ class SDAutoencoder(ImageAutoencoder):
             )
             with torch.device(device):
                 self.model = AutoencoderKL(**{**SD_VAE_CONFIG, **shape})
-        else:
-            path = Path(weights)
-            if not path.exists():
-                raise FileNotFoundError(f"vae.weights: {path} does not exist")
-            if path.is_dir():
-                self.model = AutoencoderKL.from_pretrained(path, local_files_only=True)
-            else:
-                self.model = AutoencoderKL.from_single_file(path, local_files_only=True)
+            if weights is not None:  # an SD single file (VGen's VAE source), a bare VAE file, a pipeline root
+                load_into(self.model, read_sd_vae_state(weights), source=f"vae.weights ({weights})")
         self.scaling_factor = float(self.model.config.scaling_factor)
         self.factor = 2 ** (len(self.model.config.block_out_channels) - 1)
 

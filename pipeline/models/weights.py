@@ -44,9 +44,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
-    """Load ``state`` strictly; a mismatch names the first missing, unexpected or misshapen key."""
-    own = module.state_dict()
+def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """How ``state`` fails to fit a model whose state dict is ``own``: counts of missing,
+    unexpected and misshapen keys, each with its first key named (empty when it fits)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -61,6 +61,12 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str 
             f"{len(wrong)} keys with the wrong shape, first {k!r}: "
             f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
         )
+    return problems
+
+
+def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+    """Load ``state`` strictly; a mismatch names the first missing, unexpected or misshapen key."""
+    problems = fit_problems(module.state_dict(), state)
     if problems:
         raise WeightsError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
