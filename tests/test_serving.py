@@ -133,3 +133,25 @@ def test_overload_is_refused_with_retry_after_and_then_served(server, tiny_expor
             assert time.time() < deadline
             time.sleep(0.2)
     assert _post(server, image, **FASTEST).status_code == 200
+
+
+def test_the_released_architecture_is_served_by_the_same_endpoint(server, tiny_exports, tmp_path) -> None:
+    """``model.arch: release`` (diffusers' I2VGenXLUNet) behind the same app: single stage,
+    so no refiner; its prompt conditions the base."""
+    from ray import serve
+
+    from inference.serving.app import compose
+    from pipeline.models.stage_file import save_untrained_stages
+
+    config = load_config("tiny_release", overrides=SERVING)
+    base = save_untrained_stages(tmp_path, config)["base"]
+    serve.run(compose(config, str(base), None), name="i2vgen-release", route_prefix="/release")
+    try:
+        image = tiny_exports["image"].read_bytes()
+        answers = [_post(server + "/release", image, prompt=p, seed="3", **FAST) for p in ("a red square", "a lake")]
+        assert [a.status_code for a in answers] == [200, 200], [a.text[:300] for a in answers]
+        frames = _frames(answers[0].content, tmp_path, "release.mp4")
+        assert frames.shape == (4, config.stages.base.height, config.stages.base.width, 3)
+        assert answers[0].content != answers[1].content  # the prompt reaches the released base
+    finally:
+        serve.delete("i2vgen-release")
