@@ -14,8 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config.schema import Config
-from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
-from pipeline.models.denoiser import StageDenoiser
+from pipeline.models.build import Denoiser, build_autoencoder, build_clip, build_denoiser
+from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.parts import parameter_part
 
 
@@ -32,7 +32,7 @@ class StageInfo:
         return sum(self.params.values())
 
 
-def count_parts(model: StageDenoiser) -> dict[str, int]:
+def count_parts(model: Denoiser) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for name, p in model.named_parameters():
         counts[parameter_part(name)] += p.numel()
@@ -45,17 +45,19 @@ def latent_shape(config: Config, stage: str, batch: int = 1) -> tuple[int, int, 
     return (batch, config.unet.in_channels, s.frames, s.height // f, s.width // f)
 
 
-def forward_flops(model: StageDenoiser, config: Config, stage: str, device: str = "meta") -> int:
+def forward_flops(model: Denoiser, config: Config, stage: str, device: str = "meta") -> int:
     """FLOPs of one forward (multiply-add counted as 2) at the stage's shape, batch 1."""
     shape = latent_shape(config, stage)
     x = torch.zeros(shape, device=device)
-    ctx_len = 1 if stage == "base" else 77
-    context = torch.zeros(1, ctx_len, config.unet.cross_attention_dim, device=device)
+    width = config.unet.cross_attention_dim
+    context = torch.zeros(1, 77 if model.text_conditioned else 1, width, device=device)
     image_latent = torch.zeros(shape[:2] + shape[3:], device=device) if stage == "base" else None
+    # The released architecture also takes the image's CLIP embedding.
+    extra = {"image_embedding": torch.zeros(1, 1, width, device=device)} if isinstance(model, ReleaseDenoiser) else {}
     step = torch.zeros(1, dtype=torch.long, device=device)
     fps = torch.full((1,), 8, dtype=torch.long, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, step, context, fps=fps, image_latent=image_latent)
+        model(x, step, context, fps=fps, image_latent=image_latent, **extra)
     return int(counter.get_total_flops())
 
 

@@ -221,6 +221,17 @@ def test_paper_parameter_counts_match_independent_figures() -> None:
     assert refiner.forward_flops > 8 * info.forward_flops > 0
 
 
+def test_release_architecture_matches_the_published_model() -> None:
+    """The released UNet is 1,420.47M parameters (5.68 GB in fp32 on the hub, and the
+    analytic count of ../shared/research/i2vgen-reference-code.md), about 88 TFLOPs per
+    forward at 16 x 88 x 160; its conv_in takes the 4 concatenated image-latent channels."""
+    info = stage_info(load_config("release"), "base")
+    assert info.trainable == 1_420_469_224
+    assert info.shape == (1, 4, 16, 88, 160)
+    assert 85e12 < info.forward_flops < 91e12
+    assert info.params["embedding"] > 0 and info.params["global_encoder"] == 0
+
+
 def test_tiny_counts_by_part(tiny) -> None:
     counts = count_parts(build_denoiser(tiny, "base"))
     assert all(v > 0 for v in counts.values())
