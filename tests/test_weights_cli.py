@@ -4,6 +4,8 @@ model, and ``export --diffusers`` read back by diffusers itself."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from checkpoint_layouts import to_ldm_vae, to_vgen
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.models.release_denoiser import release_unet_kwargs
 from pipeline.models.weights_check import check_folder
@@ -27,6 +30,15 @@ SD_CKPT = "v2-1_512-ema-pruned.ckpt"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=600)
+
+
+def _main(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's entry function in this process (the same parser and commands as ``_cli``,
+    without paying the imports again for every call)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -63,7 +75,7 @@ def test_weights_check_names_present_missing_and_misfitting_files(tmp_path) -> N
     assert status == {VGEN_UNET: "ok", SD_CKPT: "ok", "open_clip_pytorch_model.bin": "missing"}
 
     wide = _vgen_folder(tmp_path / "wide", _release_unet(cross_attention_dim=48))
-    proc = _cli("weights", "check", str(wide), "--preset", "tiny_release")
+    proc = _main("weights", "check", str(wide), "--preset", "tiny_release")
     assert proc.returncode == 1
     line = next(l for l in proc.stdout.splitlines() if VGEN_UNET in l)
     assert "MISMATCH" in line and "wrong shape" in line and "(48," in line  # the file's shape is named
@@ -76,7 +88,7 @@ def test_vgen_checkpoint_imports_and_generates(tmp_path) -> None:
     unet = _release_unet()
     folder = _vgen_folder(tmp_path / "models", unet)
     base, exported = tmp_path / "release_base.safetensors", tmp_path / "diffusers"
-    proc = _cli("weights", "import", str(folder / VGEN_UNET), "--preset", "tiny_release", "--out", str(base),
+    proc = _main("weights", "import", str(folder / VGEN_UNET), "--preset", "tiny_release", "--out", str(base),
                 "--diffusers", str(exported))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "released I2VGen-XL UNet" in proc.stdout
@@ -90,7 +102,7 @@ def test_vgen_checkpoint_imports_and_generates(tmp_path) -> None:
     image = tmp_path / "image.png"
     Image.fromarray((np.random.default_rng(0).random((40, 72, 3)) * 255).astype(np.uint8)).save(image)
     video = tmp_path / "video.mp4"
-    proc = _cli("generate", "--preset", "tiny_release", "--base", str(base), "--image", str(image),
+    proc = _main("generate", "--preset", "tiny_release", "--base", str(base), "--image", str(image),
                 "--prompt", "a boat", "--steps", "3", "--out", str(video),
                 "--set", f"vae.weights={folder / SD_CKPT}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -112,7 +124,7 @@ def test_sd_unet_imports_into_the_spatial_layers(tmp_path) -> None:
     ), seed=3)
     sd.save_pretrained(tmp_path / "sd21" / "unet")
     out = tmp_path / "sd_base.safetensors"
-    proc = _cli("weights", "import", str(tmp_path / "sd21"), "--preset", "tiny", "--out", str(out))
+    proc = _main("weights", "import", str(tmp_path / "sd21"), "--preset", "tiny", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SD spatial layers" in proc.stdout
     state = load_file(str(out))
@@ -124,7 +136,7 @@ def test_sd_unet_imports_into_the_spatial_layers(tmp_path) -> None:
 
 def test_import_of_a_mismatched_checkpoint_names_the_key(tmp_path) -> None:
     folder = _vgen_folder(tmp_path / "models", _release_unet(cross_attention_dim=48))
-    proc = _cli("weights", "import", str(folder / VGEN_UNET), "--preset", "tiny_release",
+    proc = _main("weights", "import", str(folder / VGEN_UNET), "--preset", "tiny_release",
                 "--out", str(tmp_path / "x.safetensors"))
     assert proc.returncode == 2
     assert "wrong shape" in proc.stderr and VGEN_UNET in proc.stderr
