@@ -28,6 +28,7 @@ test-slow: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/model_step.py
+	$(PY) benchmarks/parity.py
 
 # The whole system on a generated corpus (about ten minutes on 2 cores): open demo_out/index.html.
 DEMO_OUT ?= demo_out

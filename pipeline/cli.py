@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = weights_sub.add_parser("check", help="which expected files DIR holds and whether they fit the preset")
     check.add_argument("dir")
     check.add_argument("--layout", choices=sorted(LAYOUTS), help="the layout to check against (default: detect)")
-    _add_config_args(check)
+    _add_config_args(check, default_preset="paper")
     check.set_defaults(func=cmd_weights_check)
     imp = weights_sub.add_parser(
         "import", help="SD 2.1 or the released I2VGen-XL -> a stage file that generate and serve load"
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="the stage file to write (.safetensors)")
     imp.add_argument("--stage", default="base", choices=["base", "refiner"])
     imp.add_argument("--diffusers", metavar="DIR", help="also write a diffusers-style folder")
-    _add_config_args(imp)
+    _add_config_args(imp, default_preset="release")  # SD 2.1 goes into the paper's UNet: --preset paper
     imp.set_defaults(func=cmd_weights_import)
 
     generate = sub.add_parser("generate", help="image (+ text) -> video through the cascade")

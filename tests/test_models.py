@@ -14,29 +14,13 @@ from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
 from pipeline.models.global_encoder import GlobalEncoder
 from pipeline.models.unet3d import UNet3D
 from pipeline.models.vae import PixelUnshuffleAutoencoder, SDAutoencoder
+from reference_models import diffusers_unet_kwargs
 
 
 def _latent(cfg, stage: str = "base", batch: int = 2) -> torch.Tensor:
     s = getattr(cfg.stages, stage)
     f = cfg.vae.factor
     return torch.randn(batch, cfg.unet.in_channels, s.frames, s.height // f, s.width // f)
-
-
-def _diffusers_kwargs(cfg, dims: int) -> dict:
-    """The same tiny architecture described in diffusers' terms."""
-    u = cfg.unet
-    attn = [f"CrossAttnDownBlock{dims}D" if a else f"DownBlock{dims}D" for a in u.attention_levels]
-    up = [f"CrossAttnUpBlock{dims}D" if a else f"UpBlock{dims}D" for a in reversed(u.attention_levels)]
-    kwargs = dict(
-        in_channels=u.in_channels, out_channels=u.out_channels, block_out_channels=tuple(u.block_out_channels),
-        down_block_types=tuple(attn), up_block_types=tuple(up), layers_per_block=u.layers_per_block,
-        norm_num_groups=u.norm_num_groups, cross_attention_dim=u.cross_attention_dim,
-    )
-    if dims == 2:  # SD 2.1's quirk: "attention_head_dim" holds the number of heads per level
-        kwargs.update(attention_head_dim=tuple(c // u.head_dim for c in u.block_out_channels), use_linear_projection=True)
-    else:
-        kwargs.update(attention_head_dim=u.head_dim)
-    return kwargs
 
 
 @pytest.mark.parametrize("stage", ["base", "refiner"])
@@ -98,7 +82,7 @@ def test_at_init_the_3d_unet_is_sd_2d_unet_on_every_frame(tiny) -> None:
     """Temporal layers start as the identity: load our spatial weights into diffusers'
     UNet2DConditionModel and compare frame by frame."""
     ours = UNet3D(tiny.unet).eval()
-    ref = UNet2DConditionModel(**_diffusers_kwargs(tiny, 2)).eval()
+    ref = UNet2DConditionModel(**diffusers_unet_kwargs(tiny, 2)).eval()
     ref_keys = set(ref.state_dict())
     ref.load_state_dict({k: v for k, v in ours.state_dict().items() if k in ref_keys}, strict=True)
     x, t, ctx = _latent(tiny), torch.tensor([10, 700]), torch.randn(2, 5, 32)
@@ -118,7 +102,7 @@ def test_at_init_the_3d_unet_is_sd_2d_unet_on_every_frame(tiny) -> None:
 
 def test_all_weights_of_diffusers_unet3d_load_and_agree(tiny) -> None:
     """ModelScope T2V's form: every diffusers UNet3DConditionModel weight loads by name."""
-    ref = UNet3DConditionModel(**_diffusers_kwargs(tiny, 3)).eval()
+    ref = UNet3DConditionModel(**diffusers_unet_kwargs(tiny, 3)).eval()
     with torch.no_grad():  # make the temporal layers non-trivial
         for name, p in ref.named_parameters():
             if "proj_out" in name or "conv4" in name:
