@@ -134,6 +134,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny) -> None:
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
+def test_release_gradient_checkpointing_recomputes_blocks_with_the_same_gradients() -> None:
+    plain_cfg = load_config("tiny_release")
+    plain = build_denoiser(plain_cfg, "base").eval()  # eval: no dropout, gradients still flow
+    ckpt = build_denoiser(load_config("tiny_release", overrides=["unet.gradient_checkpointing=true"]), "base").eval()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 4, 3, 8, 16)
+    conditions = dict(
+        fps=torch.tensor([8, 16]), image_latent=torch.randn(2, 4, 8, 16), image_embedding=torch.randn(2, 1, 32)
+    )
+    context = torch.randn(2, 7, 32)
+    grads, calls = [], []
+    for model in (plain, ckpt):
+        count = [0]
+        model.unet.down_blocks[0].resnets[0].register_forward_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        model(x, torch.tensor([5, 500]), context, **conditions).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        calls.append(count[0])
+    assert calls == [1, 2]  # the checkpointed block ran again in the backward pass
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
 def test_clip_encoders_shapes_and_frozen(tiny) -> None:
     clip = build_clip(tiny)
     image = clip.encode_image(torch.rand(2, 3, 64, 112) * 2 - 1)

@@ -146,8 +146,6 @@ def _validate_release(config: Config) -> None:
         raise ConfigError("unet.use_fps_embedding: model.arch=release always has the FPS embedding")
     if unet.conv_in_temporal_heads != 8:
         raise ConfigError("unet.conv_in_temporal_heads: model.arch=release fixes it at 8")
-    if unet.gradient_checkpointing:
-        raise ConfigError("unet.gradient_checkpointing: diffusers' I2VGenXLUNet does not support it")
 
 
 def validate(config: Config) -> None:

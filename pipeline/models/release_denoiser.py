@@ -9,10 +9,11 @@ trainer fine-tune it and the cascade and the Serve endpoint sample it unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.config.schema import Config, UNetConfig
 
@@ -50,6 +51,19 @@ def image_latent_frames(image_latent: torch.Tensor, frames: int) -> torch.Tensor
     return torch.cat([first, rest], dim=2)
 
 
+def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` recomputed in the backward pass while training. diffusers' 3D blocks carry
+    a ``gradient_checkpointing`` flag that their forward never reads (and ``I2VGenXLUNet``
+    refuses to set it), so the release UNet checkpoints here, one block at a time."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
 class ReleaseDenoiser(nn.Module):
     """``(noisy latents, t, text tokens, fps, image latent, image embedding) -> v``.
 
@@ -69,6 +83,9 @@ class ReleaseDenoiser(nn.Module):
         from diffusers import I2VGenXLUNet
 
         self.unet = I2VGenXLUNet(**release_unet_kwargs(config.unet))
+        if config.unet.gradient_checkpointing:
+            for block in [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]:
+                block.forward = _checkpointed(block.forward)
 
     def forward(
         self,
