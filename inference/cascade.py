@@ -123,6 +123,11 @@ class Cascade:
         self.clip = build_clip(config, self.device)  # fp32: its input normalisation is fp32
         self.vae = build_autoencoder(config, self.device).to(dtype).eval()
         self.schedule = NoiseSchedule(config.diffusion)
+        # The negative prompt is fixed by the config: its tokens are encoded once, not per batch.
+        self.negative_text = (
+            self.clip.encode_text([config.sampling.negative_prompt]).to(dtype)
+            if self.base is not None and self.base.text_conditioned else None
+        )
 
     @classmethod
     def from_files(
@@ -223,10 +228,9 @@ class Cascade:
             [pil_tensor(crop_wide(r.image, stage.width, stage.width).resize((side, side), Image.Resampling.BILINEAR))
              for r in requests]
         )
-        negative = [self.config.sampling.negative_prompt] * len(requests)
         return {
             "context": self.clip.encode_text([r.prompt for r in requests]).to(self.dtype),
-            "null_context": self.clip.encode_text(negative).to(self.dtype),
+            "null_context": self.negative_text.expand(len(requests), -1, -1),
             "image_embedding": self.clip.encode_image(squares.to(self.device)).to(self.dtype),
             "fps": fps,
             "image_latent": self.vae.encode(images.to(self.device, self.dtype)),

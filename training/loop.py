@@ -14,7 +14,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from pipeline.config.schema import Config
 from pipeline.diffusion.schedule import NoiseSchedule
 from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip, build_denoiser
 from pipeline.models.init_weights import initialise
+from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.vae import ImageAutoencoder
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
@@ -45,11 +46,12 @@ def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
 
 def encode_batch(
     model: Denoiser, clip: ClipEncoders, vae: ImageAutoencoder, pixels: torch.Tensor, captions: list[str],
-    fps: torch.Tensor, dtype: torch.dtype,
+    fps: torch.Tensor, dtype: torch.dtype, null_text: Optional[torch.Tensor] = None,
 ) -> DiffusionBatch:
     """The frozen encoders' view of a micro-batch ``(B, 3, F, H, W)``: what this stage's
     denoiser is conditioned on. The paper's base sees the first frame (CLIP embedding and
-    latent), the refiner the captions, the released model both."""
+    latent), the refiner the captions, the released model both, plus ``null_text`` (the
+    empty prompt's tokens ``(1, L, D)``, encoded once per run) for condition dropout."""
     latents = vae.encode_video(pixels).to(dtype)
     first = pixels[:, :, 0]
     image_latent = latents[:, :, 0] if model.stage == "base" else None
@@ -61,7 +63,7 @@ def encode_batch(
     return DiffusionBatch(
         latents, text, fps, image_latent,
         image_embedding=clip.encode_image(first).to(dtype),
-        null_context=clip.encode_text([""] * len(captions)).to(dtype),
+        null_context=null_text.to(dtype).expand(len(captions), -1, -1),
     )
 
 
@@ -104,6 +106,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     clip = build_clip(config, device=device)
     vae = build_autoencoder(config, device=device).to(device)
     schedule_noise = NoiseSchedule(config.diffusion)
+    # The released model drops its text to the empty prompt: the same tokens every step.
+    null_text = clip.encode_text([""]) if isinstance(model, ReleaseDenoiser) else None
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
     writer = _metrics_writer(run_dir) if rank == 0 else None
@@ -132,7 +136,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         pixels = torch.from_numpy(np.array(video)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         fps = torch.full((pixels.shape[0],), int(batch["fps"][0]), device=device)
         with torch.no_grad():
-            data = encode_batch(model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"), fps, dtype)
+            data = encode_batch(
+                model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"), fps, dtype, null_text
+            )
         loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
         engine.step()
