@@ -27,14 +27,19 @@ class _ClipEncoder:
     def __init__(self, width: int, height: int, fps: float, cfg: MediaConfig) -> None:
         self.buffer = io.BytesIO()
         self.container = av.open(self.buffer, "w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
+        rate = Fraction(fps).limit_denominator(100000)
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        # Frames carry the source's time base; without their own, pts 0, 1, 2... would be read
+        # in it and every packet would land at t = 0, which decord's seeking (training reads
+        # windows by seeking) turns into wrong frames.
+        self.time_base = 1 / rate
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
         self.count = 0
 
     def add(self, frame: av.VideoFrame) -> None:
         out = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
-        out.pts = self.count
+        out.pts, out.time_base = self.count, self.time_base
         self.count += 1
         self.container.mux(self.stream.encode(out))
 

@@ -89,6 +89,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    from training.encode import check_stages, encode
+
+    summaries = encode(args.data, _config_from(args), check_stages(args.stage), args.overwrite, not args.quiet)
+    print(json.dumps(summaries, indent=2))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.job import export
 
@@ -221,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--where", help='SQL filter on the tables, e.g. "aesthetic > 6 AND motion > 0.2"')
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
+
+    encode = sub.add_parser(
+        "encode", help="store VAE latents and CLIP features of the curated tables, so trainers skip the encoders"
+    )
+    encode.add_argument("data", help="a curated folder (clips.lance, images.lance)")
+    encode.add_argument("--stage", action="append", choices=["base", "refiner"], help="repeatable; default both")
+    encode.add_argument("--overwrite", action="store_true", help="re-encode a table made with other encoder settings")
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(encode)
+    encode.set_defaults(func=cmd_encode)
 
     export = sub.add_parser("export", help="write a run's EMA weights as one safetensors file")
     export.add_argument("run_dir")

@@ -75,6 +75,26 @@ IMAGES_SCHEMA = pa.schema(
     ]
 )
 
+# ``i2vgen encode``: one companion table per stage, ``encoded_<stage>.lance``, joined to the
+# curated tables on ``id``. It is a table beside them rather than columns inside them, so a
+# later curation run still appends to clips.lance and a stage can be re-encoded (new VAE
+# weights, new size) without rewriting the media.
+ENCODED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),  # clip_id or image_id; "" for the empty prompt's tokens
+        pa.field("table", pa.string()),  # clips | images | prompt
+        pa.field("frames", pa.int32()),  # latent frames on the grid (1 for images and prompt)
+        # safetensors bytes: "latents" (T, C, h, w) on a grid of encode.grid_fps, and as the
+        # stage needs them "image_embeds" (T, 1, D) per grid frame and "text" (1, L, D).
+        pa.field("tensors", pa.large_binary(), metadata=BLOB),
+    ]
+)
+
+
+def encoded_table(stage: str) -> str:
+    return f"encoded_{stage}.lance"
+
+
 REJECTS_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string()),

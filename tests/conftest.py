@@ -57,3 +57,21 @@ def write_tiny_exports(folder: Path, overrides: tuple[str, ...] = ()) -> dict[st
     paths["image"] = folder / "input.png"
     Image.fromarray(image).save(paths["image"])
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_curated(tmp_path_factory) -> Path:
+    """Two generated multi-shot videos and their images, curated with the tiny preset through
+    the CLI: the table the training and encoding tests read (copy it before writing to it)."""
+    import subprocess
+    import sys
+
+    from curation.synthetic import write_sample_corpus
+
+    corpus = tmp_path_factory.mktemp("train_corpus")
+    write_sample_corpus(corpus, videos=2, seed=5)
+    out = tmp_path_factory.mktemp("train_data")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(out),
+                           "--preset", "tiny", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
-from pipeline.tables import CLIPS, IMAGES
+from pipeline.tables import CLIPS, IMAGES, encoded_table
 
 CLIP_COLUMNS = ["clip_id", "caption", "fps", "num_frames", "width", "video_width", "crop_base", "crop_refiner", "frame_fps", "weight"]
 IMAGE_COLUMNS = ["image_id", "caption", "width", "crop_base", "crop_refiner", "weight"]
@@ -33,6 +33,8 @@ class Catalog:
     clips: pa.Table  # CLIP_COLUMNS + _rowid
     images: Optional[pa.Table]  # IMAGE_COLUMNS + _rowid, or None
     data_dir: str
+    # Set by attach_encodings when every row has the stage's stored encoder outputs.
+    encoded: Optional["Encodings"] = None
 
     def __post_init__(self) -> None:
         """Index clip rows by the (frames, fps) pairs they can supply, once."""
@@ -120,12 +122,54 @@ def validate_shapes(catalog: Catalog, config: Config, stage: str) -> None:
     plan_micro_batch(catalog, config, 0)
 
 
-class MicroBatchLoader:
-    """Ray Data actor: plan rows in, decoded same-shape micro-batches out.
+class MediaSource:
+    """One process's handles on the curated media: a row's blob as decoded frames."""
 
-    Each actor opens the Lance tables once. A sample whose media fails to decode is
-    replaced by the next spare and counted in ``corrupt``; a micro-batch whose spares run
-    out is emitted empty and skipped by the trainer (also counted).
+    def __init__(self, data_dir: str, images: bool) -> None:
+        import lance
+
+        self.datasets = {"clips": lance.dataset(str(Path(data_dir) / CLIPS))}
+        if images:
+            self.datasets["images"] = lance.dataset(str(Path(data_dir) / IMAGES))
+
+    def video(self, row_id: int):
+        """The clip's stored mp4 as a decord reader (frames are decoded on request)."""
+        import decord
+
+        blob = self.datasets["clips"].take_blobs("video", ids=[row_id])[0]
+        with blob as f:
+            return decord.VideoReader(io.BytesIO(f.read()), num_threads=1)
+
+    def image(self, row_id: int) -> np.ndarray:
+        """The image as one RGB frame ``(1, H, W, 3)``."""
+        from PIL import Image
+
+        blob = self.datasets["images"].take_blobs("image", ids=[row_id])[0]
+        with blob as f:
+            return np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))[None]
+
+
+def window(length: int, frames: int, step: float, rng: np.random.Generator) -> list[int]:
+    """``frames`` indices ``step`` apart from a random start, clamped to ``length`` frames."""
+    span = int(np.floor((frames - 1) * step)) + 1
+    start = int(rng.integers(0, max(1, length - span + 1)))
+    return [min(length - 1, start + int(round(k * step))) for k in range(frames)]
+
+
+def stage_crop(meta: dict[str, Any], stage: str, table: str) -> tuple[list[int], float]:
+    """The row's crop for the stage and the scale from source pixels to the stored media."""
+    crop = meta["crop_base"] if stage == "base" else meta["crop_refiner"]
+    return crop, 1.0 if table == "images" else meta["video_width"] / meta["width"]
+
+
+class MicroBatchLoader:
+    """Ray Data actor: plan rows in, same-shape micro-batches out.
+
+    A micro-batch is decoded frames (``video``), or with stored encodings the latents and
+    features the trainer would have computed (``latents``, ``image_embeds``, ``text``).
+    Each actor opens the Lance tables once. A sample that fails to load is replaced by the
+    next spare and counted in ``corrupt``; a micro-batch whose spares run out is emitted
+    empty and skipped by the trainer (also counted).
     """
 
     def __init__(self, catalog: Catalog, config: Config, stage: str) -> None:
@@ -135,65 +179,78 @@ class MicroBatchLoader:
         self.config = config
         self.stage = stage
         self.size = (getattr(config.stages, stage).width, getattr(config.stages, stage).height)
-        self.datasets = {"clips": lance.dataset(str(Path(catalog.data_dir) / CLIPS))}
-        if catalog.images is not None:
-            self.datasets["images"] = lance.dataset(str(Path(catalog.data_dir) / IMAGES))
+        self.media = MediaSource(catalog.data_dir, catalog.images is not None)
+        self.encoded = None
+        if catalog.encoded is not None:
+            self.encoded = lance.dataset(str(Path(catalog.data_dir) / encoded_table(stage)))
 
     def __call__(self, plan: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"index": [], "video": [], "fps": [], "caption": [], "corrupt": []}
+        out: dict[str, list] = {"index": [], "fps": [], "caption": [], "corrupt": []}
+        tensors: dict[str, list] = {}
         for i in range(len(plan["index"])):
             row = {k: v[i] for k, v in plan.items()}
             samples, corrupt = self._load(row)
             out["index"].append(int(row["index"]))
             out["corrupt"].append(corrupt)
-            if samples:
-                out["video"].append(np.stack([s[0] for s in samples]))
-                out["caption"].append("\x1f".join(s[1] for s in samples))
-            else:
-                out["video"].append(np.zeros((0, int(row["frames"]), self.size[1], self.size[0], 3), np.uint8))
-                out["caption"].append("")
             out["fps"].append(int(row["fps"]))
-        return {k: np.array(v, dtype=object) if k == "video" else np.array(v) for k, v in out.items()}
+            out["caption"].append("\x1f".join(s["caption"] for s in samples))
+            for name in self._tensor_names():
+                empty = np.zeros((0,), np.float32)
+                tensors.setdefault(name, []).append(np.stack([s[name] for s in samples]) if samples else empty)
+        batch = {k: np.array(v) for k, v in out.items()}
+        for name, values in tensors.items():
+            batch[name] = np.empty(len(values), dtype=object)
+            batch[name][:] = values
+        return batch
 
-    def _load(self, row: dict[str, Any]) -> tuple[list[tuple[np.ndarray, str]], int]:
+    def _tensor_names(self) -> list[str]:
+        return ["video"] if self.catalog.encoded is None else list(self.catalog.encoded.tensors)
+
+    def _load(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
         rng = np.random.default_rng(int(row["seed"]))
         samples, corrupt = [], 0
         for table, position in zip(row["tables"], row["rows"]):
             if len(samples) == self.config.train.micro_batch:
                 break
             try:
-                samples.append(self._sample(str(table), int(position), int(row["frames"]), int(row["fps"]), rng))
-            except Exception:  # noqa: BLE001 - any decode failure of one blob is the same fault
+                load = self._stored if self.encoded is not None else self._decoded
+                samples.append(load(str(table), int(position), int(row["frames"]), int(row["fps"]), rng))
+            except Exception:  # noqa: BLE001 - any failure to read one sample is the same fault
                 corrupt += 1
         if len(samples) < self.config.train.micro_batch:
             return [], corrupt
         return samples, corrupt
 
-    def _sample(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        meta = (self.catalog.clips if table == "clips" else self.catalog.images).slice(position, 1).to_pylist()[0]
-        crop = meta["crop_base"] if self.stage == "base" else meta["crop_refiner"]
-        row_id = meta["_rowid"]
+    def _meta(self, table: str, position: int) -> dict[str, Any]:
+        return (self.catalog.clips if table == "clips" else self.catalog.images).slice(position, 1).to_pylist()[0]
+
+    def _decoded(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> dict[str, Any]:
+        meta = self._meta(table, position)
         if table == "images":
-            from PIL import Image
-
-            blob = self.datasets["images"].take_blobs("image", ids=[row_id])[0]
-            with blob as f:
-                rgb = np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
-            clip = rgb[None]
-            scale = 1.0
+            clip = self.media.image(meta["_rowid"])
         else:
-            import decord
+            reader = self.media.video(meta["_rowid"])
+            clip = reader.get_batch(window(len(reader), frames, meta["fps"] / fps, rng)).asnumpy()
+        crop, scale = stage_crop(meta, self.stage, table)
+        return {"video": centre_crop_resize(clip, crop, scale, self.size), "caption": meta["caption"] or ""}
 
-            blob = self.datasets["clips"].take_blobs("video", ids=[row_id])[0]
-            with blob as f:
-                reader = decord.VideoReader(io.BytesIO(f.read()), num_threads=1)
-            step = meta["fps"] / fps
-            span = int(np.floor((frames - 1) * step)) + 1
-            start = int(rng.integers(0, max(1, len(reader) - span + 1)))
-            indices = [min(len(reader) - 1, start + int(round(k * step))) for k in range(frames)]
-            clip = reader.get_batch(indices).asnumpy()
-            scale = meta["video_width"] / meta["width"]
-        return centre_crop_resize(clip, crop, scale, self.size), meta["caption"] or ""
+    def _stored(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> dict[str, Any]:
+        """The same draw from the stored grid: latents ``(C, F, h, w)``, the first frame's
+        image embedding, the caption's tokens."""
+        from safetensors.numpy import load
+
+        encodings = self.catalog.encoded
+        blob = self.encoded.take_blobs("tensors", ids=[encodings.rows[table][position]])[0]
+        with blob as f:
+            stored = load(f.read())
+        latents = stored["latents"]
+        picked = window(len(latents), frames, encodings.grid_fps / fps, rng)
+        sample = {"latents": latents[picked].swapaxes(0, 1).astype(np.float32), "caption": ""}
+        if "image_embeds" in stored:
+            sample["image_embeds"] = stored["image_embeds"][picked[0]].astype(np.float32)
+        if "text" in stored:
+            sample["text"] = stored["text"][0].astype(np.float32)
+        return sample
 
 
 def centre_crop_resize(frames: np.ndarray, crop: list[int], scale: float, size: tuple[int, int]) -> np.ndarray:

@@ -24,6 +24,7 @@ from pipeline.models.stage_file import save_stage
 from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
 from training.data import load_catalog, plan_dataset, validate_shapes
+from training.encodings import attach_encodings
 from training.loop import train_loop_per_worker
 
 CONFIG_FILE = "config.yaml"
@@ -62,6 +63,7 @@ def train(
     run.mkdir(parents=True, exist_ok=True)
     catalog = load_catalog(data_dir, config.train.where)
     validate_shapes(catalog, config, stage)
+    print(attach_encodings(catalog, config, stage), flush=True)
     (run / CONFIG_FILE).write_text(yaml.safe_dump({"stage": stage, **config_to_dict(config)}, sort_keys=False))
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
     init_ray()
@@ -72,7 +74,9 @@ def train(
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "stage": stage, "run_dir": str(run), "init": init},
+        train_loop_config={
+            "config": config, "stage": stage, "run_dir": str(run), "init": init, "encodings": catalog.encoded
+        },
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
             use_gpu=config.train.use_gpu,

@@ -13,6 +13,7 @@ import os
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, bui
 from pipeline.models.init_weights import initialise
 from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.vae import ImageAutoencoder
+from training.encodings import Encodings
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
 
@@ -44,26 +46,56 @@ def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
     }
 
 
-def encode_batch(
-    model: Denoiser, clip: ClipEncoders, vae: ImageAutoencoder, pixels: torch.Tensor, captions: list[str],
-    fps: torch.Tensor, dtype: torch.dtype, null_text: Optional[torch.Tensor] = None,
+@dataclass
+class EncoderOutputs:
+    """What the frozen encoders give for a micro-batch, computed on the trainer or read back
+    from ``i2vgen encode``'s table: latents ``(B, C, F, h, w)``, the first frame's CLIP
+    image embedding ``(B, 1, D)`` (base) and the captions' tokens ``(B, L, D)`` (refiner and
+    the released base)."""
+
+    latents: torch.Tensor
+    image_embeds: Optional[torch.Tensor] = None
+    text: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_stored(cls, batch: dict[str, Any], device: torch.device) -> "EncoderOutputs":
+        def tensor(name: str) -> Optional[torch.Tensor]:
+            return torch.from_numpy(np.array(batch[name][0])).to(device) if name in batch else None
+
+        return cls(tensor("latents"), tensor("image_embeds"), tensor("text"))
+
+
+def encode_media(
+    model: Denoiser, clip: ClipEncoders, vae: ImageAutoencoder, pixels: torch.Tensor, captions: list[str]
+) -> EncoderOutputs:
+    """Run the frozen encoders on decoded pixels ``(B, 3, F, H, W)`` in [-1, 1], for what
+    this stage's denoiser reads."""
+    return EncoderOutputs(
+        vae.encode_video(pixels),
+        clip.encode_image(pixels[:, :, 0]) if model.stage == "base" else None,
+        clip.encode_text(captions) if model.text_conditioned else None,
+    )
+
+
+def diffusion_batch(
+    model: Denoiser, encoded: EncoderOutputs, fps: torch.Tensor, dtype: torch.dtype,
+    null_text: Optional[torch.Tensor] = None,
 ) -> DiffusionBatch:
-    """The frozen encoders' view of a micro-batch ``(B, 3, F, H, W)``: what this stage's
-    denoiser is conditioned on. The paper's base sees the first frame (CLIP embedding and
-    latent), the refiner the captions, the released model both, plus ``null_text`` (the
-    empty prompt's tokens ``(1, L, D)``, encoded once per run) for condition dropout."""
-    latents = vae.encode_video(pixels).to(dtype)
-    first = pixels[:, :, 0]
+    """What this stage's denoiser is conditioned on. The paper's base sees the first frame
+    (CLIP embedding and latent), the refiner the captions, the released model both, plus
+    ``null_text`` (the empty prompt's tokens ``(1, L, D)``, encoded once per run) for
+    condition dropout."""
+    latents = encoded.latents.to(dtype)
     image_latent = latents[:, :, 0] if model.stage == "base" else None
     if not model.text_conditioned:
-        return DiffusionBatch(latents, clip.encode_image(first).to(dtype), fps, image_latent)
-    text = clip.encode_text(captions).to(dtype)
+        return DiffusionBatch(latents, encoded.image_embeds.to(dtype), fps, image_latent)
+    text = encoded.text.to(dtype)
     if model.stage != "base":
         return DiffusionBatch(latents, text, fps)
     return DiffusionBatch(
         latents, text, fps, image_latent,
-        image_embedding=clip.encode_image(first).to(dtype),
-        null_context=null_text.to(dtype).expand(len(captions), -1, -1),
+        image_embedding=encoded.image_embeds.to(dtype),
+        null_context=null_text.to(dtype).expand(len(text), -1, -1),
     )
 
 
@@ -103,11 +135,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"resuming from step {step}", flush=True)
 
-    clip = build_clip(config, device=device)
-    vae = build_autoencoder(config, device=device).to(device)
+    stored: Optional[Encodings] = loop_config.get("encodings")
+    if stored is None:  # the frozen encoders run here, outside the engine
+        clip = build_clip(config, device=device)
+        vae = build_autoencoder(config, device=device).to(device)
+        # The released model drops its text to the empty prompt: the same tokens every step.
+        null_text = clip.encode_text([""]) if isinstance(model, ReleaseDenoiser) else None
+    elif isinstance(model, ReleaseDenoiser):
+        null_text = torch.from_numpy(stored.null_text).to(device)
+    else:
+        null_text = None
     schedule_noise = NoiseSchedule(config.diffusion)
-    # The released model drops its text to the empty prompt: the same tokens every step.
-    null_text = clip.encode_text([""]) if isinstance(model, ReleaseDenoiser) else None
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
     writer = _metrics_writer(run_dir) if rank == 0 else None
@@ -125,20 +163,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t_start = time.perf_counter()
         waited += t_start - t_wait
         corrupt_samples += int(batch["corrupt"][0])
-        video = batch["video"][0]
-        if len(video) == 0:
+        if len(batch["latents" if stored else "video"][0]) == 0:
             corrupt_batches += 1
             if last_good is None:
                 raise RuntimeError("the first micro-batch had no decodable sample; check the curated media")
             batch = last_good  # every rank must step together, so train on the last good batch again
-            video = batch["video"][0]
         last_good = batch
-        pixels = torch.from_numpy(np.array(video)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-        fps = torch.full((pixels.shape[0],), int(batch["fps"][0]), device=device)
         with torch.no_grad():
-            data = encode_batch(
-                model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"), fps, dtype, null_text
-            )
+            if stored:
+                encoded = EncoderOutputs.from_stored(batch, device)
+            else:
+                video = torch.from_numpy(np.array(batch["video"][0])).to(device)
+                pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+                encoded = encode_media(model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"))
+        samples, frames = encoded.latents.shape[0], encoded.latents.shape[2]
+        fps = torch.full((samples,), int(batch["fps"][0]), device=device)
+        data = diffusion_batch(model, encoded, fps, dtype, null_text)
         loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
         engine.step()
@@ -150,9 +190,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "step": step,
             "loss": float(loss.item()),
             **group_rates(optimizer),
-            "samples_per_s": pixels.shape[0] * world * window_steps / max(computed + waited, 1e-9),
+            "samples_per_s": samples * world * window_steps / max(computed + waited, 1e-9),
             "data_wait_share": waited / max(waited + computed, 1e-9),
-            "frames": int(pixels.shape[2]),
+            "frames": int(frames),
+            "pre_encoded": int(stored is not None),
             "max_timestep": int(timesteps.max()),
             "corrupt_samples": corrupt_samples,
             "corrupt_batches": corrupt_batches,

@@ -209,6 +209,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.zero_stage: {train.zero_stage} is not one of 0, 1, 2, 3")
     if train.micro_batch < 1 or train.workers < 1:
         raise ConfigError("train.micro_batch: and train.workers must be at least 1")
+    off_grid = [f for f in train.fps_values if config.encode.grid_fps % f]
+    if off_grid:
+        raise ConfigError(
+            f"encode.grid_fps: {config.encode.grid_fps} is not a multiple of train.fps_values entry {off_grid[0]}"
+        )
     if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
         raise ConfigError("sampling.refine_from: must lie in 1..num_train_timesteps")
     for name in ("base", "refiner"):

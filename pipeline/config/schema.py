@@ -220,6 +220,11 @@ class SplitConfig:
     max_seconds: float = 10.0
     # Frames dropped on each side of a cut (transitions bleed into neighbouring frames).
     trim_frames: int = 2
+    # Split at dissolves too, dropping their cross-faded frames (curation/dissolves.py).
+    dissolves: bool = True
+    # Largest blend residual, as a share of the change across a quarter-second window, at
+    # which a frame counts as halfway through a fade (lower finds fewer dissolves).
+    dissolve_threshold: float = 0.3
 
 
 @dataclass
@@ -313,6 +318,27 @@ class TrainConfig:
     spare_samples: int = 2
     # A SQL filter on the curated tables (e.g. "aesthetic > 6 AND motion > 0.2").
     where: Optional[str] = None
+    # Latents and CLIP features from `i2vgen encode`: auto uses them when every drawn row has
+    # them for this stage's current encoders (the trainers then build no VAE or CLIP),
+    # require fails when they do not, never always decodes and encodes the media.
+    encoded: Literal["auto", "require", "never"] = "auto"
+
+
+@dataclass
+class EncodeConfig:
+    """``i2vgen encode``: the frozen encoders run once over the curated tables, not every step."""
+
+    # Latents are stored for frames spaced 1/grid_fps s apart; each train.fps_values entry
+    # must divide it, so every (frames, fps) draw is a strided slice of the grid.
+    grid_fps: int = 16
+    dtype: Literal["float16", "float32"] = "float16"
+    # Rows per Lance commit: a killed run redoes at most one chunk.
+    chunk_rows: int = 32
+    # Encoder actors (each holds the VAE and CLIP) and the GPUs each takes.
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    # Frames per VAE / CLIP call (memory, not results).
+    batch_frames: int = 8
 
 
 @dataclass
@@ -331,3 +357,4 @@ class Config:
     serving: ServingConfig = field(default_factory=ServingConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)

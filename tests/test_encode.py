@@ -1,0 +1,129 @@
+"""``i2vgen encode``: stored VAE latents and CLIP features equal what the trainers compute from
+the decoded media, re-runs encode only what is missing, and training uses the table only
+when it was made by the same encoders and covers every row it may draw."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.config.loader import ConfigError
+from pipeline.models.build import build_autoencoder, build_clip
+from training.data import MicroBatchLoader, load_catalog, plan_micro_batch
+from training.encodings import attach_encodings
+
+# The generated videos run at 24 fps: on a 24 fps grid (and fps draws dividing it) a stored
+# window picks exactly the frames the media loader decodes, so the two can be compared
+# sample for sample; float32 storage makes the comparison exact.
+SAME_GRID = ["encode.grid_fps=24", "train.fps_values=[4,8]", "train.fps_weights=[1,1]", "encode.dtype=float32"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=600)
+
+
+def _set(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_curated, tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("encoded") / "data"
+    shutil.copytree(tiny_curated, data)
+    proc = _cli("encode", str(data), "--preset", "tiny", "--quiet", *_set(SAME_GRID))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = {s["stage"]: s for s in json.loads(proc.stdout)}
+    catalog = load_catalog(data)
+    rows = catalog.clips.num_rows + catalog.images.num_rows
+    assert summaries["base"]["encoded"] == rows and summaries["base"]["undecodable"] == 0
+    assert summaries["refiner"]["encoded"] == rows + 1  # and the empty prompt's tokens
+    return data
+
+
+def _plan_batch(plan: dict) -> dict[str, np.ndarray]:
+    batch = {}
+    for key, value in plan.items():
+        batch[key] = np.empty(1, dtype=object) if isinstance(value, list) else np.array([value])
+        if isinstance(value, list):
+            batch[key][0] = value
+    return batch
+
+
+@pytest.mark.parametrize("stage", ["base", "refiner"])
+def test_stored_samples_equal_what_the_trainer_encodes(encoded, stage) -> None:
+    config = load_config("tiny", overrides=SAME_GRID)
+    catalog = load_catalog(encoded)
+    assert attach_encodings(catalog, config, stage).startswith("pre-encoded")
+    stored_loader = MicroBatchLoader(catalog, config, stage)
+    media_loader = MicroBatchLoader(load_catalog(encoded), config, stage)
+    vae, clip = build_autoencoder(config), build_clip(config)
+    shapes = set()
+    for index in range(8):
+        plan = _plan_batch(plan_micro_batch(catalog, config, index))
+        stored, media = stored_loader(plan), media_loader(plan)
+        video = torch.from_numpy(np.array(media["video"][0]))
+        pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        latents = torch.from_numpy(np.array(stored["latents"][0]))
+        assert torch.equal(latents, vae.encode_video(pixels))  # same frames, same crop, lossless VAE
+        if stage == "base":
+            embeds = torch.from_numpy(np.array(stored["image_embeds"][0]))
+            torch.testing.assert_close(embeds, clip.encode_image(pixels[:, :, 0]), atol=1e-5, rtol=1e-5)
+        else:
+            text = torch.from_numpy(np.array(stored["text"][0]))
+            captions = str(media["caption"][0]).split("\x1f")
+            torch.testing.assert_close(text, clip.encode_text(captions), atol=1e-5, rtol=1e-5)
+            assert "image_embeds" not in stored
+        shapes.add(int(plan["frames"][0]))
+    assert shapes == {1, 8}  # images and clips both came from the stored grid
+
+
+def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path) -> None:
+    import lance
+
+    data = tmp_path / "data"
+    shutil.copytree(encoded, data)
+    table = lance.dataset(str(data / "encoded_base.lance"))
+    first = table.to_table(columns=["id"], filter="`table` = 'clips'").column("id")[0].as_py()
+    table.delete(f"id = '{first}'")  # as if the job had been killed before this row's commit
+
+    config = load_config("tiny", overrides=SAME_GRID)
+    message = attach_encodings(load_catalog(data), config, "base")
+    assert "encoders run on the trainers" in message and "lacks 1 of" in message
+    with pytest.raises(ConfigError, match="train.encoded: require"):
+        attach_encodings(load_catalog(data), load_config("tiny", overrides=SAME_GRID + ["train.encoded=require"]),
+                         "base")
+
+    proc = _cli("encode", str(data), "--stage", "base", "--preset", "tiny", "--quiet", *_set(SAME_GRID))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)[0]
+    assert summary["encoded"] == 1 and summary["already"] > 0  # only the missing row
+    assert attach_encodings(load_catalog(data), config, "base").startswith("pre-encoded")
+
+    other = [o for o in SAME_GRID if not o.startswith("encode.dtype")] + ["encode.dtype=float16"]
+    proc = _cli("encode", str(data), "--stage", "base", "--preset", "tiny", "--quiet", *_set(other))
+    assert proc.returncode == 2
+    assert "dtype: encoded with 'float32', this config has 'float16'" in proc.stderr and "--overwrite" in proc.stderr
+    message = attach_encodings(load_catalog(data), load_config("tiny", overrides=other), "base")
+    assert "does not fit: dtype" in message  # training falls back to the media, saying why
+    assert "never" in attach_encodings(load_catalog(data), load_config("tiny", overrides=["train.encoded=never"]), "base")
+
+
+@pytest.mark.slow
+def test_training_on_stored_encodings_builds_no_encoders(encoded, tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = _cli("train", "--stage", "base", "--data", str(encoded), "--run", str(run), "--preset", "tiny",
+                "--max-steps", "4", "--checkpoint-every", "2", *_set(SAME_GRID + ["train.encoded=require"]))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "pre-encoded" in proc.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["pre_encoded"] == 1 for r in rows)
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert _cli("export", str(run), "--out", str(tmp_path / "base.safetensors")).returncode == 0

@@ -1,0 +1,142 @@
+"""Stored encoder outputs (``i2vgen encode``): what they must match and how training finds them.
+
+The frozen VAE and CLIP give the same outputs for the same pixels every step, so they can
+run once per row instead of once per draw. Stored outputs are only valid for the encoders
+and crop that made them: each ``encoded_<stage>.lance`` carries a fingerprint of those
+settings in its schema metadata, and training uses the table only when the fingerprint is
+its own and every row it may draw is covered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from pipeline.config.loader import ConfigError
+from pipeline.config.schema import Config
+from pipeline.tables import encoded_table
+
+FINGERPRINT_KEY = b"i2vgen.encoding"
+
+
+def stage_conditions(config: Config, stage: str) -> tuple[bool, bool]:
+    """(image embeddings, text tokens): the CLIP features the stage's denoiser reads.
+
+    The base (both architectures) sees its first frame's image embedding; the refiner and
+    the released base see the caption."""
+    from pipeline.models.build import build_denoiser
+
+    model = build_denoiser(config, stage, device="meta")
+    return model.stage == "base", bool(model.text_conditioned)
+
+
+def _weights_identity(path: Optional[str]) -> Optional[dict[str, Any]]:
+    """A weights path and its size: new weights under the same name still differ."""
+    if path is None:
+        return None
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.exists() else []
+    return {"path": str(path), "bytes": sum(f.stat().st_size for f in files)}
+
+
+def fingerprint(config: Config, stage: str) -> dict[str, Any]:
+    """Every setting that changes the stored tensors of ``stage``."""
+    size = getattr(config.stages, stage)
+    image, text = stage_conditions(config, stage)
+    return {
+        "stage": stage,
+        "width": size.width,
+        "height": size.height,
+        "vae": {**asdict(config.vae), "weights": _weights_identity(config.vae.weights)},
+        "clip": {**asdict(config.clip), "weights": _weights_identity(config.clip.weights)},
+        "image_embeds": image,
+        "text": text,
+        "grid_fps": config.encode.grid_fps,
+        "dtype": config.encode.dtype,
+    }
+
+
+def stored_fingerprint(uri: Path) -> Optional[dict[str, Any]]:
+    import lance
+
+    metadata = lance.dataset(str(uri)).schema.metadata or {}
+    return json.loads(metadata[FINGERPRINT_KEY]) if FINGERPRINT_KEY in metadata else None
+
+
+def first_difference(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> Optional[str]:
+    """The first setting that differs, as ``key: stored -> wanted``."""
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: encoded with {a!r}, this config has {b!r}"
+    return None
+
+
+@dataclass
+class Encodings:
+    """Where each catalog row's stored tensors are: Lance row ids of ``encoded_<stage>``."""
+
+    rows: dict[str, np.ndarray]  # "clips" / "images" -> encoded row id per catalog position
+    grid_fps: int
+    tensors: tuple[str, ...]  # what each sample carries: latents (+ image_embeds, text)
+    null_text: Optional[np.ndarray]  # the empty prompt's tokens (1, L, D), for text dropout
+
+
+def attach_encodings(catalog, config: Config, stage: str) -> str:
+    """Point the catalog at the stage's stored encodings when they fit, and say what training
+    will do. ``train.encoded: require`` turns every reason not to into a ConfigError."""
+    mode = config.train.encoded
+    if mode == "never":
+        return "encoders run on the trainers (train.encoded=never)"
+    reason, encodings = _usable(catalog, config, stage)
+    if encodings is None:
+        if mode == "require":
+            raise ConfigError(f"train.encoded: require, but {reason}")
+        return f"encoders run on the trainers: {reason}"
+    catalog.encoded = encodings
+    return f"pre-encoded: {encoded_table(stage)} covers every row, the trainers build no VAE or CLIP"
+
+
+def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encodings]]:
+    import lance
+
+    uri = Path(catalog.data_dir) / encoded_table(stage)
+    if not uri.exists():
+        return f"{uri.name} does not exist (run `i2vgen encode {catalog.data_dir} --stage {stage}`)", None
+    difference = first_difference(stored_fingerprint(uri) or {}, fingerprint(config, stage))
+    if difference:
+        return f"{uri.name} does not fit: {difference}", None
+    table = lance.dataset(str(uri)).to_table(columns=["id", "table"], with_row_id=True)
+    by_id = {(t, i): r for t, i, r in zip(table.column("table").to_pylist(), table.column("id").to_pylist(),
+                                           table.column("_rowid").to_pylist())}
+    rows = {}
+    for name, key, part in (("clips", "clip_id", catalog.clips), ("images", "image_id", catalog.images)):
+        if part is None:
+            continue
+        ids = part.column(key).to_pylist()
+        missing = [i for i in ids if (name, i) not in by_id]
+        if missing:
+            return f"{uri.name} lacks {len(missing)} of {len(ids)} rows of {name} (first {missing[0]})", None
+        rows[name] = np.array([by_id[(name, i)] for i in ids], dtype=np.uint64)
+    image, text = stage_conditions(config, stage)
+    tensors = ("latents",) + (("image_embeds",) if image else ()) + (("text",) if text else ())
+    if text and ("prompt", "") not in by_id:
+        return f"{uri.name} lacks the empty prompt's tokens (run `i2vgen encode` again)", None
+    null_text = _null_text(uri, by_id[("prompt", "")]) if text else None
+    return "", Encodings(rows, config.encode.grid_fps, tensors, null_text)
+
+
+def _null_text(uri: Path, row_id: int) -> np.ndarray:
+    import lance
+    from safetensors.numpy import load
+
+    with lance.dataset(str(uri)).take_blobs("tensors", ids=[row_id])[0] as f:
+        return load(f.read())["text"].astype(np.float32)
