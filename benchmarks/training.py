@@ -7,6 +7,9 @@ Each case is a real ``i2vgen train`` run on a freshly curated synthetic corpus; 
 from the run's own ``metrics.jsonl`` (rank 0): samples/s and the share of time spent
 waiting for data after the first checkpoint window, the optimizer state this rank holds
 (ZeRO partitions it, so it should shrink from stage 1 up) and the worker's peak RSS.
+Then the same ZeRO-2 run twice more, side by side: with the frozen encoders on the trainers
+decoding media (``train.encoded=never``) and on the latents and CLIP features that
+``i2vgen encode`` stored (``train.encoded=require``), with the encode pass's own time.
 Writes ``benchmarks/results/training.json``.
 """
 
@@ -17,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # This script shares its name with the package it measures: keep the package importable.
@@ -37,29 +41,41 @@ def main() -> None:
     write_sample_corpus(work / "corpus", videos=3, seed=2)
     subprocess.run([sys.executable, "-m", "pipeline", "curate", str(work / "corpus"), "--out", str(work / "data"),
                     "--preset", args.preset, "--quiet"], check=True, capture_output=True)
+    data = work / "data"
     cases = []
     for zero in (1, 2, 3):
-        run = work / f"zero{zero}"
-        subprocess.run([sys.executable, "-m", "pipeline", "train", "--stage", "base", "--data", str(work / "data"),
-                        "--run", str(run), "--preset", args.preset, "--zero-stage", str(zero),
-                        "--max-steps", str(args.steps), "--checkpoint-every", str(args.steps // 2)],
-                       check=True, capture_output=True)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        last = rows[-1]
-        cases.append({
-            "zero_stage": zero,
-            "steps": last["step"],
-            "samples_per_s": last["samples_per_s"],
-            "data_wait_share": last["data_wait_share"],
-            "optimizer_state_mb": last["optimizer_state_mb"],
-            "rss_peak_mb": last["rss_peak_mb"],
-        })
-        c = cases[-1]
-        print(f"{args.preset} ZeRO-{zero}: {c['samples_per_s']:.2f} samples/s, waiting {100 * c['data_wait_share']:.0f}%, "
-              f"optimizer state {c['optimizer_state_mb']:.1f} MB/rank, peak RSS {c['rss_peak_mb']:.0f} MB/rank")
+        case = _train(work / f"zero{zero}", data, args, ["--zero-stage", str(zero)])
+        cases.append({"zero_stage": zero, **case})
+        print(f"{args.preset} ZeRO-{zero}: {case['samples_per_s']:.2f} samples/s, waiting "
+              f"{100 * case['data_wait_share']:.0f}%, optimizer state {case['optimizer_state_mb']:.1f} MB/rank, "
+              f"peak RSS {case['rss_peak_mb']:.0f} MB/rank")
+    loaders = {"media": _train(work / "media", data, args, ["--set", "train.encoded=never"])}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline", "encode", str(data), "--stage", "base", "--preset", args.preset,
+                    "--quiet"], check=True, capture_output=True)
+    encode_s = time.perf_counter() - started
+    loaders["pre_encoded"] = _train(work / "encoded", data, args, ["--set", "train.encoded=require"])
+    ratio = loaders["pre_encoded"]["samples_per_s"] / loaders["media"]["samples_per_s"]
+    for name, case in loaders.items():
+        print(f"{args.preset} ZeRO-2 from {name}: {case['samples_per_s']:.2f} samples/s, "
+              f"waiting {100 * case['data_wait_share']:.0f}%")
+    print(f"pre-encoded / media samples/s: {ratio:.2f} (encode pass {encode_s:.1f} s, once)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"preset": args.preset, "workers": 2, "cases": cases}, indent=2))
+    RESULTS.write_text(json.dumps({
+        "preset": args.preset, "workers": 2, "cases": cases,
+        "loaders": {**loaders, "pre_encoded_vs_media": ratio, "encode_s": encode_s},
+    }, indent=2))
     print(f"wrote {RESULTS}")
+
+
+def _train(run: Path, data: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+    """One ZeRO run of the base stage; its figures from rank 0's last metrics row."""
+    subprocess.run([sys.executable, "-m", "pipeline", "train", "--stage", "base", "--data", str(data),
+                    "--run", str(run), "--preset", args.preset, "--max-steps", str(args.steps),
+                    "--checkpoint-every", str(args.steps // 2), *extra], check=True, capture_output=True)
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][-1]
+    keys = ("step", "samples_per_s", "data_wait_share", "optimizer_state_mb", "rss_peak_mb", "pre_encoded")
+    return {k: last[k] for k in keys}
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def base_run(data, tmp_path_factory) -> Path:
 def test_zero2_base_run_keeps_the_spatial_rate_ratio(base_run) -> None:
     rows = _metrics(base_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["batch_index"] for r in rows] == [0, 2, 4, 6]  # rank 0 trains micro-batches 0, 2, 4...
     for r in rows:
         assert r["lr_spatial"] == pytest.approx(0.2 * r["lr_temporal"])  # read from the running optimizer
         assert r["lr_temporal"] == pytest.approx(load_config("tiny").train.lr)
@@ -132,7 +133,10 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
     assert killed, "no training worker was found to kill"
     assert proc.returncode == 0, output[-4000:]
     assert "resuming from step" in output
-    assert _metrics(run)[-1]["step"] == 24
+    rows = _metrics(run)
+    assert rows[-1]["step"] == 24
+    # the restarted run trained exactly the micro-batches an unbroken one would have
+    assert all(r["batch_index"] == 2 * (r["step"] - 1) for r in rows)
     assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 24
 
 

@@ -265,18 +265,26 @@ def centre_crop_resize(frames: np.ndarray, crop: list[int], scale: float, size: 
     return resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def plan_dataset(catalog: Catalog, config: Config, stage: str, start_step: int):
-    """The Ray Dataset of decoded micro-batches from ``start_step`` on, for all workers."""
+def plan_dataset(catalog: Catalog, config: Config, stage: str, start_step: int, rank: int):
+    """The Ray Dataset of rank ``rank``'s decoded micro-batches from ``start_step`` on.
+
+    Micro-batch ``k`` goes to rank ``k % workers``: each rank has its own dataset rather than
+    a streaming split of one, so which rank trains which micro-batch does not depend on
+    timing, and a run restarted from a checkpoint continues exactly as an unbroken one."""
     import ray
 
-    per_step = config.train.workers
-    first, last = start_step * per_step, config.train.max_steps * per_step
-    plans = [plan_micro_batch(catalog, config, i) for i in range(first, last)]
+    world = config.train.workers
+    plans = [plan_micro_batch(catalog, config, i)
+             for i in range(start_step * world + rank, config.train.max_steps * world, world)]
     ds = ray.data.from_items(plans, override_num_blocks=max(1, min(len(plans), 64)))
     return ds.map_batches(
         MicroBatchLoader,
         fn_constructor_args=(catalog, config, stage),
         batch_size=1,
-        concurrency=max(1, config.train.workers),
+        concurrency=1,
         num_cpus=config.train.loader_cpus,
     )
+
+
+def rank_dataset_name(rank: int) -> str:
+    return f"train_{rank}"

@@ -23,7 +23,7 @@ from pipeline.models.init_weights import initialise
 from pipeline.models.stage_file import save_stage
 from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
-from training.data import load_catalog, plan_dataset, validate_shapes
+from training.data import load_catalog, plan_dataset, rank_dataset_name, validate_shapes
 from training.encodings import attach_encodings
 from training.loop import train_loop_per_worker
 
@@ -68,9 +68,9 @@ def train(
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
     init_ray()
 
-    def dataset():
+    def rank_dataset(rank: int):
         """Built at every (re)start, from the step of the newest checkpoint on."""
-        return plan_dataset(catalog, config, stage, checkpoint_step(latest_checkpoint(run)))
+        return lambda: plan_dataset(catalog, config, stage, checkpoint_step(latest_checkpoint(run)), rank)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -89,11 +89,22 @@ def train(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}},
         ),
-        datasets={"train": dataset},
+        datasets={rank_dataset_name(r): rank_dataset(r) for r in range(config.train.workers)},
+        dataset_config=ingest_config(),
     )
     result = trainer.fit()
     plot_losses(run)
     return {"run": str(run), "step": checkpoint_step(latest_checkpoint(run)), "metrics": result.metrics}
+
+
+def ingest_config():
+    """Each rank reads its own dataset whole and in plan order (Ray Data may otherwise
+    reorder blocks), so step ``s`` of rank ``r`` is always micro-batch ``s * workers + r``."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(datasets_to_split=[], execution_options=options)
 
 
 def plot_losses(run: Path) -> Optional[Path]:

@@ -26,6 +26,7 @@ from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, bui
 from pipeline.models.init_weights import initialise
 from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.vae import ImageAutoencoder
+from training.data import rank_dataset_name
 from training.encodings import Encodings
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
@@ -150,17 +151,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
     writer = _metrics_writer(run_dir) if rank == 0 else None
 
-    first_index = step * world  # plan rows before it were trained before the checkpoint
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard(rank_dataset_name(rank))  # this rank's micro-batches, from this step on
     last_good: dict[str, Any] | None = None
     corrupt_samples = corrupt_batches = 0
     waited = computed = 0.0
     window_steps = 0
     t_wait = time.perf_counter()
     for batch in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-        if int(batch["index"][0]) < first_index:
-            continue
         t_start = time.perf_counter()
+        index = int(batch["index"][0])  # the plan's micro-batch number: step * workers + rank
         waited += t_start - t_wait
         corrupt_samples += int(batch["corrupt"][0])
         if len(batch["latents" if stored else "video"][0]) == 0:
@@ -193,6 +192,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "samples_per_s": samples * world * window_steps / max(computed + waited, 1e-9),
             "data_wait_share": waited / max(waited + computed, 1e-9),
             "frames": int(frames),
+            "batch_index": index,
             "pre_encoded": int(stored is not None),
             "max_timestep": int(timesteps.max()),
             "corrupt_samples": corrupt_samples,
