@@ -88,8 +88,11 @@ def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> 
     base = tmp_path / "base.safetensors"
     assert _cli("export", str(base_run), "--out", str(base)).returncode == 0
     run = tmp_path / "refiner"
+    # decay 0: the EMA is the weights themselves, so the partitions each rank averaged must
+    # gather into exactly the model DeepSpeed's own ZeRO-3 checkpoint holds
     proc = _cli("train", "--stage", "refiner", "--data", str(data), "--run", str(run), "--preset", "tiny",
-                "--zero-stage", "3", "--max-steps", "3", "--checkpoint-every", "3", "--init", str(base))
+                "--zero-stage", "3", "--max-steps", "3", "--checkpoint-every", "3", "--init", str(base),
+                "--set", "train.ema_decay=0.0")
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = _metrics(run)
     assert rows[-1]["step"] == 3
@@ -99,6 +102,13 @@ def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> 
     state = load_file(str(refiner))
     assert not any(k.startswith("global_encoder.") for k in state)
     load_into(build_denoiser(load_config("tiny"), "refiner"), state)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(latest_checkpoint(run)), tag="state")
+    assert set(weights) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(value, weights[key].float())
+    assert any(not torch.equal(state[k], v) for k, v in load_file(str(base)).items() if k in state)  # it trained
 
 
 @pytest.mark.slow
@@ -138,6 +148,22 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
     # the restarted run trained exactly the micro-batches an unbroken one would have
     assert all(r["batch_index"] == 2 * (r["step"] - 1) for r in rows)
     assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 24
+
+
+@pytest.mark.slow
+def test_a_fixed_batch_is_overfit(data, tmp_path) -> None:
+    """train.overfit_batches=1: every step trains the same micro-batch (rows, frames, crop),
+    so the whole stack (data, encoders, loss, DeepSpeed step) must drive the loss far down."""
+    run = tmp_path / "overfit"
+    settings = ["train.overfit_batches=1", "train.frame_counts=[8]", "train.frame_weights=[1]", "train.lr=0.002",
+                "stages.base.condition_dropout=0.0", "unet.temporal_dropout=0.0"]
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                "--max-steps", "60", "--checkpoint-every", "60", *[a for s in settings for a in ("--set", s)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    losses = [r["loss"] for r in _metrics(run)]
+    assert len(losses) == 60
+    start, end = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert end < 0.3 * start, f"loss went from {start:.3f} to {end:.3f}"
 
 
 def test_stored_clips_are_read_exactly_by_seeking(data) -> None:

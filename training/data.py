@@ -85,7 +85,8 @@ def _choice(rng: np.random.Generator, values: list, weights: list[float]) -> Any
 def plan_micro_batch(catalog: Catalog, config: Config, index: int) -> dict[str, Any]:
     """Micro-batch ``index`` of the run: its shape and the rows (plus spares) to load."""
     train = config.train
-    rng = np.random.default_rng([train.seed, index])
+    drawn = index % train.overfit_batches if train.overfit_batches > 0 else index
+    rng = np.random.default_rng([train.seed, drawn])
     shapes = [(f, fps) for f in train.frame_counts for fps in train.fps_values]
     weights = [fw * pw for fw in train.frame_weights for pw in train.fps_weights]
     available = [(s, w) for s, w in zip(shapes, weights) if catalog.candidates(*s)]

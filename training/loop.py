@@ -131,7 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
-            ema.load_state_dict(_read_ema(Path(folder)))
+            ema.load_state_dict(engine.module, _read_ema(Path(folder)))
         step = int(client["step"])
         if rank == 0:
             print(f"resuming from step {step}", flush=True)
@@ -230,8 +230,9 @@ def _save_and_report(engine, ema: EMA, metrics: dict[str, Any], rank: int, check
 
     folder = tempfile.mkdtemp(prefix="i2vgen-ckpt-")
     engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": metrics["step"]})
+    averaged = ema.state_dict(engine.module)  # every rank: a gather under ZeRO-3
     if rank == 0:
-        save_file(ema.state_dict(), os.path.join(folder, "ema.safetensors"))
+        save_file(averaged, os.path.join(folder, "ema.safetensors"))
         Path(folder, "metrics.json").write_text(json.dumps(metrics))
     dist.barrier()
     ray.train.report(metrics, checkpoint=checkpoint_cls.from_directory(folder))

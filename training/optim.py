@@ -43,34 +43,56 @@ def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 class EMA:
     """An fp32 exponential moving average of the weights, saved with every checkpoint.
 
-    Under ZeRO-3 each rank holds a shard of every parameter, so the update gathers them
-    (a collective every rank joins); under ZeRO 0-2 the parameters are whole on every rank.
+    Under ZeRO 0-2 every rank holds whole parameters and averages them. Under ZeRO-3 each
+    rank holds one partition of every parameter (``ds_tensor``) and averages only that, with
+    no communication per step; the partitions are gathered into whole tensors only when a
+    checkpoint is written (``state_dict``, which every rank must call together).
     """
 
     def __init__(self, model: nn.Module, decay: float, zero3: bool) -> None:
         self.decay = decay
         self.zero3 = zero3
-        self.shadow = {name: p.detach().float().clone() for name, p in self._full(model)}
+        self.shadow = {name: self._local(p).detach().float().clone() for name, p in self._trainable(model)}
 
-    def _full(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not self.zero3:
-            yield from params
-            return
-        import deepspeed
+    @staticmethod
+    def _trainable(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
-        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-            for name, p in params:
-                yield name, p.detach().clone()
+    def _local(self, p: nn.Parameter) -> torch.Tensor:
+        """What this rank holds of ``p``: all of it, or under ZeRO-3 its flat partition."""
+        return p.ds_tensor if self.zero3 else p
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, p in self._full(model):
-            self.shadow[name].lerp_(p.float(), 1.0 - self.decay)
+        for name, p in self._trainable(model):
+            self.shadow[name].lerp_(self._local(p).float(), 1.0 - self.decay)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.cpu() for k, v in self.shadow.items()}
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Whole tensors (a collective under ZeRO-3: every rank calls it)."""
+        if not self.zero3:
+            return {k: v.cpu() for k, v in self.shadow.items()}
+        import torch.distributed as dist
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
+        full = {}
+        for name, p in self._trainable(model):
+            shard = self.shadow[name]
+            parts = [torch.empty_like(shard) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, shard)
+            full[name] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape).cpu()
+        return full
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """From whole tensors; under ZeRO-3 each rank keeps its own partition's slice."""
+        rank = 0
+        if self.zero3:
+            import torch.distributed as dist
+
+            rank = dist.get_rank()
+        for name, p in self._trainable(model):
+            shard, whole = self.shadow[name], state[name].flatten().to(self.shadow[name])
+            if not self.zero3:
+                shard.copy_(whole.view_as(shard))
+                continue
+            piece = whole[rank * shard.numel() : (rank + 1) * shard.numel()]
+            shard.zero_()  # the last partition is padded
+            shard[: piece.numel()].copy_(piece)
