@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--zero-stages", default="1,2,3", help="ZeRO stages to compare; empty: only the loaders")
     args = parser.parse_args()
 
     from curation.synthetic import write_sample_corpus
@@ -43,7 +44,7 @@ def main() -> None:
                     "--preset", args.preset, "--quiet"], check=True, capture_output=True)
     data = work / "data"
     cases = []
-    for zero in (1, 2, 3):
+    for zero in [int(z) for z in args.zero_stages.split(",") if z]:
         case = _train(work / f"zero{zero}", data, args, ["--zero-stage", str(zero)])
         cases.append({"zero_stage": zero, **case})
         print(f"{args.preset} ZeRO-{zero}: {case['samples_per_s']:.2f} samples/s, waiting "

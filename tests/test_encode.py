@@ -85,6 +85,39 @@ def test_stored_samples_equal_what_the_trainer_encodes(encoded, stage) -> None:
     assert shapes == {1, 8}  # images and clips both came from the stored grid
 
 
+def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path, ray_local) -> None:
+    """The released architecture reads all three (latents, image embedding, caption) plus the
+    empty prompt for dropout, through an SD VAE: the trainer's conditions from stored
+    tensors equal those it computes from the media."""
+    from pipeline.models.build import build_denoiser
+    from training.encode import encode_stage
+    from training.loop import EncoderOutputs, diffusion_batch, encode_media
+
+    data = tmp_path / "data"
+    shutil.copytree(encoded, data)
+    config = load_config("tiny_release", overrides=SAME_GRID)
+    with pytest.raises(ConfigError, match="--overwrite"):  # the tiny preset's table is there
+        encode_stage(data, config, "base", progress=False)
+    assert encode_stage(data, config, "base", overwrite=True, progress=False)["encoded"] > 0
+    catalog = load_catalog(data)
+    assert attach_encodings(catalog, config, "base").startswith("pre-encoded")
+    assert catalog.encoded.tensors == ("latents", "image_embeds", "text")
+    model, clip, vae = build_denoiser(config, "base"), build_clip(config), build_autoencoder(config)
+    null_text = torch.from_numpy(catalog.encoded.null_text)
+    torch.testing.assert_close(null_text, clip.encode_text([""]), atol=1e-5, rtol=1e-5)
+    plan = _plan_batch(plan_micro_batch(catalog, config, 1))
+    stored = MicroBatchLoader(catalog, config, "base")(plan)
+    media = MicroBatchLoader(load_catalog(data), config, "base")(plan)
+    pixels = torch.from_numpy(np.array(media["video"][0])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    fps = torch.full((pixels.shape[0],), int(plan["fps"][0]))
+    with torch.no_grad():
+        computed = encode_media(model, clip, vae, pixels, str(media["caption"][0]).split("\x1f"))
+    ours = diffusion_batch(model, EncoderOutputs.from_stored(stored, torch.device("cpu")), fps, torch.float32, null_text)
+    theirs = diffusion_batch(model, computed, fps, torch.float32, clip.encode_text([""]))
+    for field in ("latents", "context", "image_latent", "image_embedding", "null_context"):
+        torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), atol=1e-4, rtol=1e-4)
+
+
 def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path) -> None:
     import lance
 

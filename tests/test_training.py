@@ -152,8 +152,9 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
 
 @pytest.mark.slow
 def test_a_fixed_batch_is_overfit(data, tmp_path) -> None:
-    """train.overfit_batches=1: every step trains the same micro-batch (rows, frames, crop),
-    so the whole stack (data, encoders, loss, DeepSpeed step) must drive the loss far down."""
+    """train.overfit_batches=1: every step trains the same micro-batch (rows, frames, noise,
+    timesteps), so the whole stack (data, encoders, loss, DeepSpeed step) must drive the loss
+    far down."""
     run = tmp_path / "overfit"
     settings = ["train.overfit_batches=1", "train.frame_counts=[8]", "train.frame_weights=[1]", "train.lr=0.002",
                 "stages.base.condition_dropout=0.0", "unet.temporal_dropout=0.0"]
@@ -162,8 +163,9 @@ def test_a_fixed_batch_is_overfit(data, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     losses = [r["loss"] for r in _metrics(run)]
     assert len(losses) == 60
-    start, end = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
-    assert end < 0.3 * start, f"loss went from {start:.3f} to {end:.3f}"
+    # a fixed batch descends step after step, where random ones jump up and down by 2x
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.9 * (len(losses) - 1), losses
+    assert losses[-1] < 0.7 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-1]:.3f}"
 
 
 def test_stored_clips_are_read_exactly_by_seeking(data) -> None:

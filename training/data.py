@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,9 @@ import pyarrow as pa
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.tables import CLIPS, IMAGES, encoded_table
+
+if TYPE_CHECKING:
+    from training.encodings import Encodings
 
 CLIP_COLUMNS = ["clip_id", "caption", "fps", "num_frames", "width", "video_width", "crop_base", "crop_refiner", "frame_fps", "weight"]
 IMAGE_COLUMNS = ["image_id", "caption", "width", "crop_base", "crop_refiner", "weight"]
@@ -199,9 +202,10 @@ class MicroBatchLoader:
                 empty = np.zeros((0,), np.float32)
                 tensors.setdefault(name, []).append(np.stack([s[name] for s in samples]) if samples else empty)
         batch = {k: np.array(v) for k, v in out.items()}
-        for name, values in tensors.items():
+        for name, values in tensors.items():  # one array per micro-batch, shapes differ
             batch[name] = np.empty(len(values), dtype=object)
-            batch[name][:] = values
+            for j, value in enumerate(values):
+                batch[name][j] = value
         return batch
 
     def _tensor_names(self) -> list[str]:

@@ -314,8 +314,9 @@ class TrainConfig:
     # the trainers' cores, which a small machine needs).
     cpus_per_worker: float = 1.0
     loader_cpus: float = 1.0
-    # Debugging: > 0 repeats the plan's first N micro-batches (same rows, frames and crops)
-    # for the whole run, so a healthy model must drive its loss far down (overfit).
+    # Debugging: > 0 repeats the plan's first N micro-batches for the whole run, each with
+    # the same rows, frames, noise, timesteps and dropout, so a healthy model and optimizer
+    # must drive the loss far down (overfit).
     overfit_batches: int = 0
     # Extra rows drawn per micro-batch to stand in for clips whose media fails to decode.
     spare_samples: int = 2
