@@ -242,17 +242,15 @@ class MicroBatchLoader:
     def _stored(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> dict[str, Any]:
         """The same draw from the stored grid: latents ``(C, F, h, w)``, the first frame's
         image embedding, the caption's tokens."""
-        from safetensors.numpy import load
+        from training.encodings import read_frames
 
         encodings = self.catalog.encoded
-        blob = self.encoded.take_blobs("tensors", ids=[encodings.rows[table][position]])[0]
-        with blob as f:
-            stored = load(f.read())
-        latents = stored["latents"]
-        picked = window(len(latents), frames, encodings.grid_fps / fps, rng)
-        sample = {"latents": latents[picked].swapaxes(0, 1).astype(np.float32), "caption": ""}
+        picked = window(int(encodings.frames[table][position]), frames, encodings.grid_fps / fps, rng)
+        with self.encoded.take_blobs("tensors", ids=[int(encodings.rows[table][position])])[0] as blob:
+            stored = read_frames(blob, picked)
+        sample = {"latents": stored["latents"].swapaxes(0, 1).astype(np.float32), "caption": ""}
         if "image_embeds" in stored:
-            sample["image_embeds"] = stored["image_embeds"][picked[0]].astype(np.float32)
+            sample["image_embeds"] = stored["image_embeds"][0].astype(np.float32)
         if "text" in stored:
             sample["text"] = stored["text"][0].astype(np.float32)
         return sample

@@ -80,11 +80,41 @@ def first_difference(stored: dict[str, Any], wanted: dict[str, Any], prefix: str
     return None
 
 
+# Tensors stored per grid frame: a sample reads only the frames it draws.
+PER_FRAME = ("latents", "image_embeds")
+NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32}
+
+
+def read_frames(blob, frames: list[int]) -> dict[str, np.ndarray]:
+    """One encoded row's tensors from its Lance blob, reading the bytes of only the grid
+    ``frames`` of the per-frame ones (safetensors lays each tensor out row after row), so a
+    window of 8 frames does not fetch a clip's whole grid."""
+    size = int.from_bytes(blob.read_range(0, 8), "little")
+    header = json.loads(blob.read_range(8, size))
+    header.pop("__metadata__", None)
+    names, ranges, shapes = [], [], []
+    for name, info in header.items():
+        dtype, shape = np.dtype(NUMPY_DTYPES[info["dtype"]]), info["shape"]
+        row = int(np.prod(shape[1:])) * dtype.itemsize
+        start = 8 + size + info["data_offsets"][0]
+        for j in frames if name in PER_FRAME else range(shape[0]):
+            ranges.append((start + j * row, row))
+        names.append((name, dtype, len(ranges)))
+        shapes.append(shape[1:])
+    chunks = blob.read_ranges(ranges)
+    out, first = {}, 0
+    for (name, dtype, last), shape in zip(names, shapes):
+        out[name] = np.stack([np.frombuffer(c, dtype).reshape(shape) for c in chunks[first:last]])
+        first = last
+    return out
+
+
 @dataclass
 class Encodings:
     """Where each catalog row's stored tensors are: Lance row ids of ``encoded_<stage>``."""
 
     rows: dict[str, np.ndarray]  # "clips" / "images" -> encoded row id per catalog position
+    frames: dict[str, np.ndarray]  # and its grid length (0: the media could not be decoded)
     grid_fps: int
     tensors: tuple[str, ...]  # what each sample carries: latents (+ image_embeds, text)
     null_text: Optional[np.ndarray]  # the empty prompt's tokens (1, L, D), for text dropout
@@ -114,10 +144,10 @@ def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encoding
     difference = first_difference(stored_fingerprint(uri) or {}, fingerprint(config, stage))
     if difference:
         return f"{uri.name} does not fit: {difference}", None
-    table = lance.dataset(str(uri)).to_table(columns=["id", "table"], with_row_id=True)
-    by_id = {(t, i): r for t, i, r in zip(table.column("table").to_pylist(), table.column("id").to_pylist(),
-                                           table.column("_rowid").to_pylist())}
-    rows = {}
+    table = lance.dataset(str(uri)).to_table(columns=["id", "table", "frames"], with_row_id=True)
+    by_id = {(t, i): (r, n) for t, i, r, n in zip(
+        *(table.column(c).to_pylist() for c in ("table", "id", "_rowid", "frames")))}
+    rows, frames = {}, {}
     for name, key, part in (("clips", "clip_id", catalog.clips), ("images", "image_id", catalog.images)):
         if part is None:
             continue
@@ -125,13 +155,14 @@ def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encoding
         missing = [i for i in ids if (name, i) not in by_id]
         if missing:
             return f"{uri.name} lacks {len(missing)} of {len(ids)} rows of {name} (first {missing[0]})", None
-        rows[name] = np.array([by_id[(name, i)] for i in ids], dtype=np.uint64)
+        rows[name] = np.array([by_id[(name, i)][0] for i in ids], dtype=np.uint64)
+        frames[name] = np.array([by_id[(name, i)][1] for i in ids], dtype=np.int64)
     image, text = stage_conditions(config, stage)
     tensors = ("latents",) + (("image_embeds",) if image else ()) + (("text",) if text else ())
     if text and ("prompt", "") not in by_id:
         return f"{uri.name} lacks the empty prompt's tokens (run `i2vgen encode` again)", None
-    null_text = _null_text(uri, by_id[("prompt", "")]) if text else None
-    return "", Encodings(rows, config.encode.grid_fps, tensors, null_text)
+    null_text = _null_text(uri, by_id[("prompt", "")][0]) if text else None
+    return "", Encodings(rows, frames, config.encode.grid_fps, tensors, null_text)
 
 
 def _null_text(uri: Path, row_id: int) -> np.ndarray:
