@@ -118,7 +118,7 @@ def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path,
         torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), atol=1e-4, rtol=1e-4)
 
 
-def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path) -> None:
+def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path, ray_local) -> None:
     import lance
 
     data = tmp_path / "data"
@@ -134,9 +134,9 @@ def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path) -> None
         attach_encodings(load_catalog(data), load_config("tiny", overrides=SAME_GRID + ["train.encoded=require"]),
                          "base")
 
-    proc = _cli("encode", str(data), "--stage", "base", "--preset", "tiny", "--quiet", *_set(SAME_GRID))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)[0]
+    from training.encode import encode_stage
+
+    summary = encode_stage(data, config, "base", progress=False)
     assert summary["encoded"] == 1 and summary["already"] > 0  # only the missing row
     assert attach_encodings(load_catalog(data), config, "base").startswith("pre-encoded")
 

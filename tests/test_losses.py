@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.diffusion.schedule import NoiseSchedule
@@ -22,6 +23,7 @@ def _batch(cfg, stage: str, frames: int = 4) -> DiffusionBatch:
     )
 
 
+@pytest.mark.slow  # the CLI overfit run in test_training.py checks the same end to end
 def test_loss_falls_when_fitting_one_clip(tiny) -> None:
     model = build_denoiser(tiny, "base").train()
     schedule = NoiseSchedule(tiny.diffusion)
