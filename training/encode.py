@@ -164,7 +164,8 @@ def encode_stage(data_dir: str | Path, config: Config, stage: str, overwrite: bo
     init_ray()
     schema = ENCODED_SCHEMA.with_metadata({FINGERPRINT_KEY: json.dumps(wanted)})
     has_images = (data / "images.lance").exists()
-    encoded = ray.data.from_arrow(todo).repartition(max(1, todo.num_rows)).map_batches(
+    # Small blocks keep the actors evenly busy and the commits frequent; capped for huge tables.
+    encoded = ray.data.from_arrow(todo).repartition(max(1, min(todo.num_rows, 4096))).map_batches(
         StageEncoder,
         fn_constructor_args=(str(data), config, stage, has_images),
         batch_size=1,
