@@ -141,7 +141,8 @@ def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encoding
     uri = Path(catalog.data_dir) / encoded_table(stage)
     if not uri.exists():
         return f"{uri.name} does not exist (run `i2vgen encode {catalog.data_dir} --stage {stage}`)", None
-    difference = first_difference(stored_fingerprint(uri) or {}, fingerprint(config, stage))
+    wanted = fingerprint(config, stage)
+    difference = first_difference(stored_fingerprint(uri) or {}, wanted)
     if difference:
         return f"{uri.name} does not fit: {difference}", None
     table = lance.dataset(str(uri)).to_table(columns=["id", "table", "frames"], with_row_id=True)
@@ -157,7 +158,7 @@ def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encoding
             return f"{uri.name} lacks {len(missing)} of {len(ids)} rows of {name} (first {missing[0]})", None
         rows[name] = np.array([by_id[(name, i)][0] for i in ids], dtype=np.uint64)
         frames[name] = np.array([by_id[(name, i)][1] for i in ids], dtype=np.int64)
-    image, text = stage_conditions(config, stage)
+    image, text = wanted["image_embeds"], wanted["text"]  # the conditions the fingerprint records
     tensors = ("latents",) + (("image_embeds",) if image else ()) + (("text",) if text else ())
     if text and ("prompt", "") not in by_id:
         return f"{uri.name} lacks the empty prompt's tokens (run `i2vgen encode` again)", None
