@@ -1,12 +1,17 @@
 """Forward+backward time and peak memory of one base-stage training step.
 
     python benchmarks/model_step.py                 # CPU: tiny and small, checkpointing off/on
-    python benchmarks/model_step.py --paper         # GPU: also paper at 448x256x16 in bf16
+    python benchmarks/model_step.py --paper         # GPU: also paper at 448x256x16 in bf16, batch 1 and 4
+
+With ``--paper`` it also times the frozen encoders a raw-media trainer runs per sample
+(the SD VAE over the 16 frames and CLIP ViT-H over the first, in fp32 as training runs
+them): that is the work ``i2vgen encode`` moves off the trainers, so (step + encoders) /
+step is the compute side of the raw-against-pre-encoded ratio.
 
 Each case runs in its own process, so peak memory (RSS on CPU, allocator peak on GPU) is
 that case's alone. A step is the real objective (``training.losses.diffusion_loss``) plus
-backward and an AdamW update. Writes ``benchmarks/results/model_step.json`` and one line
-per case. On a GPU the figure to push up is achieved TFLOP/s: the config's FLOPs for
+backward and an AdamW update. Writes ``benchmarks/results/model_step.json``
+(``model_step_cuda.json`` on a GPU) and one line per case. On a GPU the figure to push up is achieved TFLOP/s: the config's FLOPs for
 forward+backward (3x the forward, counted on the meta device) divided by the step time.
 """
 
@@ -22,10 +27,14 @@ import sys
 import time
 from pathlib import Path
 
+# benchmarks/training.py would shadow the ``training`` package this script imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 RESULTS = Path(__file__).parent / "results" / "model_step.json"
 
 
-def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: int, steps: int) -> dict:
+def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: int, steps: int,
+             encoders: bool = False) -> dict:
     import torch
 
     from pipeline.config import load_config
@@ -35,6 +44,8 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
     from training.losses import DiffusionBatch, diffusion_loss
 
     config = load_config(preset, overrides=overrides)
+    if encoders:
+        return time_encoders(config, preset, device, batch, steps)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     flops = forward_flops(build_denoiser(config, "base", device="meta"), config, "base") * batch
     model = build_denoiser(config, "base", device=device).to(torch_dtype).train()
@@ -88,12 +99,73 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
     }
 
 
+def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> dict:
+    """Seconds per batch of the frozen encoders as ``training.loop.encode_media`` runs them
+    on decoded base-stage pixels (fp32, no autocast), and the allocator's peak."""
+    import torch
+
+    from pipeline.model_info import latent_shape
+    from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
+    from training.loop import encode_media
+
+    denoiser = build_denoiser(config, "base", device="meta")  # only its stage and text flag are read
+    clip = build_clip(config, device=device)
+    vae = build_autoencoder(config, device=device).to(device)
+    _, _, frames, h, w = latent_shape(config, "base", batch)
+    f = config.vae.factor
+    pixels = torch.rand(batch, 3, frames, h * f, w * f, device=device) * 2 - 1
+    cuda = device.startswith("cuda")
+
+    def encode() -> None:
+        with torch.no_grad():
+            encode_media(denoiser, clip, vae, pixels, [""] * batch)
+        if cuda:
+            torch.cuda.synchronize()
+
+    encode()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        encode()
+        times.append(time.perf_counter() - start)
+    return {
+        "preset": preset,
+        "overrides": ["encoders"],
+        "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+        "dtype": "fp32",
+        "pixel_shape": list(pixels.shape),
+        "encoder_seconds": statistics.median(times),
+        "encoder_seconds_all": times,
+        "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    }
+
+
 CPU_CASES = [
     ("tiny", [], 2, 5),
     ("tiny", ["unet.gradient_checkpointing=true"], 2, 5),
     ("small", [], 1, 2),
     ("small", ["unet.gradient_checkpointing=true"], 1, 2),
 ]
+
+
+def pre_encoded_ratios(results: list[dict]) -> list[dict]:
+    """(step + encoders) / step for the paper base at each batch, with and without
+    checkpointing: how much faster a trainer steps when it reads stored latents, counting
+    compute only (decoding, which the Ray Data workers do, is left out on both sides)."""
+    encoders = {r["pixel_shape"][0]: r["encoder_seconds"] for r in results if "encoder_seconds" in r}
+    ratios = []
+    for r in results:
+        batch = r.get("latent_shape", [None])[0]
+        if r.get("preset") != "paper" or "step_seconds" not in r or batch not in encoders:
+            continue
+        ratio = (r["step_seconds"] + encoders[batch]) / r["step_seconds"]
+        ratios.append({"batch": batch, "overrides": r["overrides"], "step_seconds": r["step_seconds"],
+                       "encoder_seconds": encoders[batch], "ratio": ratio})
+        print(f"pre-encoded speed-up, batch {batch} {' '.join(r['overrides'])} (compute only): "
+              f"({r['step_seconds']:.3f} + {encoders[batch]:.3f}) / {r['step_seconds']:.3f} = {ratio:.2f}x")
+    return ratios
 
 
 def main() -> None:
@@ -112,9 +184,12 @@ def main() -> None:
     if device == "cuda":
         cases = [dict(c, dtype="bf16", steps=5) for c in cases]
         if args.paper:
-            for ckpt in ("false", "true"):
-                cases.append(dict(preset="paper", overrides=[f"unet.gradient_checkpointing={ckpt}"],
-                                  device=device, dtype="bf16", batch=1, steps=5))
+            for batch in (1, 4):  # batch 4 fills an 80 GB card without checkpointing
+                for ckpt in ("false", "true"):
+                    cases.append(dict(preset="paper", overrides=[f"unet.gradient_checkpointing={ckpt}"],
+                                      device=device, dtype="bf16", batch=batch, steps=5))
+                cases.append(dict(preset="paper", overrides=[], device=device, dtype="fp32", batch=batch, steps=5,
+                                  encoders=True))
     results = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
@@ -124,13 +199,20 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
+        if case.get("encoders"):
+            print(f"{r['preset']:<6} frozen encoders (VAE + CLIP, fp32) on {r['pixel_shape']}: "
+                  f"{r['encoder_seconds']:.3f} s/batch, peak {r['peak_memory_mb']:.0f} MB")
+            continue
         print(
             f"{r['preset']:<6} {' '.join(r['overrides']) or 'default':<34} {r['dtype']} latent {r['latent_shape']}: "
             f"{r['step_seconds']:.3f} s/step, peak {r['peak_memory_mb']:.0f} MB, {r['achieved_tflops']:.3f} TFLOP/s"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": device, "torch": torch.__version__, "cases": results}, indent=2))
-    print(f"wrote {RESULTS}")
+    out = RESULTS if device == "cpu" else RESULTS.with_name(f"model_step_{device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(
+        {"device": device, "torch": torch.__version__, "cases": results, "pre_encoded": pre_encoded_ratios(results)},
+        indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -59,9 +59,10 @@ class NoiseSchedule:
 
         ``t`` is a scalar or one step per batch row; ``-1`` gives the clean sample.
         """
-        t = torch.as_tensor(t, dtype=torch.long).reshape(-1)
-        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        ab = padded[t + 1].to(device=like.device)
+        t = torch.as_tensor(t, dtype=torch.long, device=like.device).reshape(-1)
+        # The table lives on the CPU; index it where the steps are (the trainer draws them on the GPU).
+        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod]).to(like.device)
+        ab = padded[t + 1]
         shape = (-1,) + (1,) * (like.ndim - 1)
         alpha = ab.sqrt().to(like.dtype).view(shape)
         sigma = (1 - ab).clamp(min=0).sqrt().to(like.dtype).view(shape)
