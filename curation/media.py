@@ -8,13 +8,32 @@ frame indices even where packets were damaged.
 
 from __future__ import annotations
 
+import ctypes
 import io
 from fractions import Fraction
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from curation.probe import VideoInfo, open_media
 from pipeline.config.schema import MediaConfig
+
+
+try:  # glibc only; elsewhere freed memory stays with the process
+    _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    _MALLOC_TRIM = None
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory freed by a closed clip encoder back to the system.
+
+    glibc keeps the heap pages an x264 encoder frees on close, and the next clip's encoder
+    does not reuse all of them: a worker grew by ~3 MB per 10 s 720p clip (195 to 290 MB
+    over a 300 s video), and stays at 190-200 MB with a trim after each clip.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def storage_size(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
@@ -24,7 +43,7 @@ def storage_size(width: int, height: int, max_width: int, max_height: int) -> tu
 
 
 class _ClipEncoder:
-    def __init__(self, width: int, height: int, fps: float, cfg: MediaConfig) -> None:
+    def __init__(self, width: int, height: int, fps: float, cfg: MediaConfig, scaler: VideoReformatter) -> None:
         self.buffer = io.BytesIO()
         self.container = av.open(self.buffer, "w", format="mp4")
         rate = Fraction(fps).limit_denominator(100000)
@@ -35,10 +54,11 @@ class _ClipEncoder:
         self.time_base = 1 / rate
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = {"crf": str(cfg.crf), "preset": cfg.preset}
+        self.scaler = scaler  # shared by the video's clips: frame.reformat() builds one per frame
         self.count = 0
 
     def add(self, frame: av.VideoFrame) -> None:
-        out = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
+        out = self.scaler.reformat(frame, width=self.stream.width, height=self.stream.height, format="yuv420p")
         out.pts, out.time_base = self.count, self.time_base
         self.count += 1
         self.container.mux(self.stream.encode(out))
@@ -56,6 +76,7 @@ def encode_clips(
     ranges = sorted(ranges)
     outputs: list[bytes] = []
     encoder: _ClipEncoder | None = None
+    scaler = VideoReformatter()
 
     def close() -> None:
         nonlocal encoder
@@ -63,6 +84,7 @@ def encode_clips(
             raise RuntimeError(f"no frame of clip {ranges[len(outputs)]} could be decoded")
         outputs.append(encoder.finish())
         encoder = None
+        _release_freed_memory()
 
     with open_media(uri) as container:
         stream = container.streams.video[0]
@@ -81,7 +103,7 @@ def encode_clips(
                 if len(outputs) == len(ranges) or index < ranges[len(outputs)][0]:
                     continue
                 if encoder is None:
-                    encoder = _ClipEncoder(*size, info.fps, cfg)
+                    encoder = _ClipEncoder(*size, info.fps, cfg, scaler)
                 encoder.add(frame)
             if len(outputs) == len(ranges):
                 break

@@ -30,10 +30,11 @@ class ClipDraft:
 
 
 def clip_from_segment(segment: Segment, fps: float, cfg: SplitConfig) -> Optional[ClipDraft]:
-    """The clip a segment yields, or None when it is damaged or shorter than the minimum."""
+    """The clip a segment yields, or None when it is a dissolve, damaged, or shorter than
+    the minimum."""
     start = segment.start + (cfg.trim_frames if segment.starts_at_cut else 0)
     end = segment.end - (cfg.trim_frames if segment.ends_at_cut else 0)
-    if segment.damaged or end - start < math.ceil(cfg.min_seconds * fps):
+    if segment.transition or segment.damaged or end - start < math.ceil(cfg.min_seconds * fps):
         return None
     samples = [s for s in segment.samples if start <= s.index < end]
     if not samples:

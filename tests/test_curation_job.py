@@ -80,6 +80,8 @@ def test_clips_match_the_shots_and_decode(corpus, curated) -> None:
         assert rows[0]["caption"] == Path(video.path).with_suffix(".txt").read_text().strip()
         for cut in video.cuts:  # no clip spans a hard cut
             assert not any(r["start_frame"] < cut - 2 and r["end_frame"] > cut + 2 for r in rows)
+        for start, end in video.dissolves:  # nor holds a cross-faded frame
+            assert not any(r["start_frame"] < end and r["end_frame"] > start for r in rows)
     for row in table:
         assert row["num_frames"] == row["end_frame"] - row["start_frame"]
         assert row["keep"] == (row["drop_reason"] is None) and (row["weight"] > 0) == row["keep"]

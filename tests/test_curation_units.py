@@ -18,6 +18,7 @@ from curation.buckets import aspect_bucket, centre_crop, frame_fps_pairs
 from curation.decisions import balancing_weights, keep_and_reasons
 from curation.probe import Rejected, probe_video
 from curation.sources import MediaItem, expand_inputs
+from curation.split import clip_from_segment
 from curation.synthetic import ShotSpec, write_broken_files, write_video
 from curation.worker import process_item
 from pipeline.config import load_config
@@ -99,6 +100,31 @@ def test_segments_start_at_the_hard_cuts(multishot, detector: str) -> None:
         assert min(abs(cut - f) for f in found) <= 2, (cut, found)
     assert segments[0].start == 0 and segments[-1].end == multishot.num_frames
     assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
+
+
+def test_dissolves_are_split_out_and_their_frames_dropped(multishot) -> None:
+    config = load_config("tiny")
+    info = probe_video(str(multishot.path), config.curation.probe)
+    segments = list(iter_segments(str(multishot.path), info, config.curation))
+    fades = [(s.start, s.end) for s in segments if s.transition]
+    assert len(fades) == len(multishot.dissolves) == 1
+    (start, end), (true_start, true_end) = fades[0], multishot.dissolves[0]
+    assert abs(start - true_start) <= 3 and abs(end - true_end) <= 3, (fades, multishot.dissolves)
+    clips = [c for c in (clip_from_segment(s, info.fps, config.curation.split) for s in segments) if c is not None]
+    assert clips and not any(c.start < true_end and c.end > true_start for c in clips)  # no clip holds a faded frame
+    off = load_config("tiny", overrides=["curation.split.dissolves=false"])
+    assert not any(s.transition for s in iter_segments(str(multishot.path), info, off.curation))
+
+
+def test_cuts_pans_and_static_shots_give_no_dissolves(tmp_path) -> None:
+    shots = [ShotSpec("static", 30, seed=21), ShotSpec("pan", 60, seed=22), ShotSpec("texture", 40, seed=23),
+             ShotSpec("static", 30, seed=24), ShotSpec("moving_shape", 30, seed=25)]
+    video = write_video(tmp_path / "cuts.mp4", shots)
+    config = load_config("tiny")
+    info = probe_video(str(video.path), config.curation.probe)
+    segments = list(iter_segments(str(video.path), info, config.curation))
+    assert not any(s.transition for s in segments)
+    assert len([s for s in segments if s.starts_at_cut]) == len(video.cuts)
 
 
 def test_long_shots_are_windowed_and_memory_is_per_segment(tmp_path) -> None:

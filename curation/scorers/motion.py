@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Iterator
 
 import av
 import cv2
@@ -51,22 +52,58 @@ def mean_flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int = 160) -> n
     return cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK).reshape(-1, 2).mean(axis=0)
 
 
-def motion_vector_magnitude(frame: av.VideoFrame) -> float | None:
-    """Mean codec motion-vector length of one decoded frame, per frame diagonal.
+class ReferenceOrder:
+    """How far, in display order, each frame's motion vectors reach.
 
-    This is a per-frame displacement, not a speed: the caller multiplies by the fps. Each
-    vector is weighted by its block's area so that a few small blocks cannot outvote the
-    frame. The frame must come from a stream opened with ``flags2=+export_mvs`` (see
-    ``motion_vector_score``). None when the frame carries no vectors: intra frames, codecs
-    that do not export them (checked with PyAV 18.1: H.264, MPEG-2 and MPEG-4 part 2 do;
-    HEVC, VP9 and AV1 do not), or a stream opened without the flag.
+    A codec's vector points to the block's match in a reference frame, which need not be the
+    previous one: after B-frames a P-frame's reference is several frames back, and the
+    vectors span that whole distance (measured on a 3 px/frame pan from x264 ``veryfast``:
+    12 px on P-frames four frames after their anchor, 6 px on B-frames two frames from
+    theirs). The exported vectors only say which side their reference lies on
+    (``source`` < 0: past, > 0: future), not which frame it is. But a frame can only refer
+    to frames decoded before it, and encoders refer to the nearest of those on each side
+    (x264 sorts its reference lists by distance, and with B-pyramids a B-frame refers to the
+    nearer reference B-frame, not to the anchor). So the reference distance is the display-
+    order gap to the nearest frame, on that side, whose packet reached the decoder first:
+    this class records the order in which packets are sent and answers that gap.
+    """
 
-    A vector points to the block's match in its reference frame, which need not be the
-    previous one: after B-frames, a P-frame's reference is several frames back. The mean
-    therefore overstates the one-frame displacement by the mean reference distance of the
-    stream's GOP structure: measured 1.9x on a 3 px/frame pan from x264 ``veryfast`` (three
-    B-frames: 3.8 px on B-frames, 10.9 px on P-frames), so compare these scores with each
-    other, not with flow scores.
+    def __init__(self, frame_ticks: float, window: int = 64) -> None:
+        self._ticks = frame_ticks  # pts units per frame
+        self._window = window  # packets remembered: far more than any reorder depth
+        self._rank: dict[int, int] = {}  # pts -> position in decode order
+        self._sent = 0
+
+    def sent(self, pts: int) -> None:
+        """Record that the packet of the frame stamped ``pts`` went to the decoder."""
+        self._rank[pts] = self._sent
+        self._sent += 1
+        if len(self._rank) > self._window:
+            del self._rank[next(iter(self._rank))]  # the earliest sent
+
+    def distances(self, pts: int) -> tuple[int, int]:
+        """Frames from ``pts`` to its past and its future reference; 1 for a side without one."""
+        rank = self._rank.get(pts, -1)
+        earlier = [p for p, r in self._rank.items() if r < rank]
+        past = max((p for p in earlier if p < pts), default=pts - self._ticks)
+        future = min((p for p in earlier if p > pts), default=pts + self._ticks)
+        return max(1, round((pts - past) / self._ticks)), max(1, round((future - pts) / self._ticks))
+
+
+def motion_vector_magnitude(frame: av.VideoFrame, past: int, future: int) -> float | None:
+    """Mean codec motion-vector length of one decoded frame per frame of display time, per
+    frame diagonal.
+
+    ``past`` and ``future`` are the display-order distances to the frame's references (see
+    ``ReferenceOrder``): each vector is divided by the distance on its side, so a vector
+    spanning four frames counts as a quarter of its length per frame, and the result agrees
+    in scale with ``flow_magnitude``. This is a per-frame displacement, not a speed: the
+    caller multiplies by the fps. Each vector is weighted by its block's area so that a few
+    small blocks cannot outvote the frame. The frame must come from a stream opened with
+    ``flags2=+export_mvs`` (see ``motion_vector_score``). None when the frame carries no
+    vectors: intra frames, codecs that do not export them (checked with PyAV 18.1: H.264,
+    MPEG-2 and MPEG-4 part 2 do; HEVC, VP9 and AV1 do not), or a stream opened without the
+    flag.
     """
     side = frame.side_data.get("MOTION_VECTORS")
     if side is None:
@@ -74,19 +111,19 @@ def motion_vector_magnitude(frame: av.VideoFrame) -> float | None:
     mv = side.to_ndarray()
     if mv.size == 0:
         return None
-    scale = np.maximum(mv["motion_scale"].astype(np.float64), 1.0)
-    length = np.hypot(mv["motion_x"] / scale, mv["motion_y"] / scale)
-    area = mv["w"].astype(np.float64) * mv["h"].astype(np.float64)
-    return float((length * area).sum() / area.sum()) / math.hypot(frame.width, frame.height)
+    dx, dy = mv["motion_x"].astype(np.float32), mv["motion_y"].astype(np.float32)
+    scale = np.maximum(mv["motion_scale"], 1) * np.where(mv["source"] < 0, np.float32(past), np.float32(future))
+    area = mv["w"].astype(np.float32) * mv["h"]
+    length = np.sqrt(dx * dx + dy * dy) / scale
+    return float(length @ area / area.sum()) / math.hypot(frame.width, frame.height)
 
 
 def motion_vector_score(path: str, start_frame: int = 0, end_frame: int | None = None) -> float:
     """Mean per-frame motion-vector magnitude over frames ``[start_frame, end_frame)``, times fps.
 
     Frames count from 0 in display order. NaN when no frame in the range carries vectors
-    (an all-intra stream, or a codec without vector export). For benchmarks against
-    ``flow_magnitude``: same unit, fraction of the diagonal per second, but with the
-    reference-distance bias described in ``motion_vector_magnitude``.
+    (an all-intra stream, or a codec without vector export). Same unit and scale as
+    ``flow_magnitude``: fraction of the diagonal per second.
 
     Motion-vector export is enabled with the decoder option ``flags2=+export_mvs`` (PyAV 18:
     ``codec_context.options``, or ``codec_context.flags2 |= Flags2.export_mvs``). Frame
@@ -102,9 +139,24 @@ def motion_vector_score(path: str, start_frame: int = 0, end_frame: int | None =
         if not rate:
             raise ValueError(f"{path}: the video stream has no frame rate")
         values = []
-        for index, frame in enumerate(container.decode(stream)):
+        frames = frames_with_reference_distances(container, stream, 1 / float(rate * stream.time_base))
+        for index, (frame, distances) in enumerate(frames):
             if end_frame is not None and index >= end_frame:
                 break
-            if index >= start_frame and (value := motion_vector_magnitude(frame)) is not None:
+            if index >= start_frame and (value := motion_vector_magnitude(frame, *distances)) is not None:
                 values.append(value)
     return float(np.mean(values)) * float(rate) if values else float("nan")
+
+
+
+def frames_with_reference_distances(container: av.container.InputContainer, stream: av.VideoStream,
+                                    frame_ticks: float) -> Iterator[tuple[av.VideoFrame, tuple[int, int]]]:
+    """Frames of ``stream`` in display order, each with the display-order distances (past,
+    future) to its references that ``motion_vector_magnitude`` divides by. ``frame_ticks``
+    is the frame duration in the stream's time base."""
+    refs = ReferenceOrder(frame_ticks)
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            refs.sent(packet.pts)
+        for frame in packet.decode():
+            yield frame, refs.distances(frame.pts)

@@ -207,7 +207,8 @@ class ShotsConfig:
     # AdaptiveDetector's ratio threshold and minimum frame score (PySceneDetect: 3.0 and 15).
     adaptive_threshold: float = 3.0
     min_content_val: float = 15.0
-    # Width of the analysis frames that shot detection, motion and subject scoring all read.
+    # Width of the analysis frames that motion and subject scoring read; shot and dissolve
+    # detection read every frame at half this width.
     analysis_width: int = 256
 
 
