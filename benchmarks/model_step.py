@@ -34,7 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "model_step.json"
 
 
 def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: int, steps: int,
-             encoders: bool = False) -> dict:
+             encoders: bool = False, engine: str = "torch") -> dict:
     import torch
 
     from pipeline.config import load_config
@@ -48,8 +48,17 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
         return time_encoders(config, preset, device, batch, steps)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     flops = forward_flops(build_denoiser(config, "base", device="meta"), config, "base") * batch
-    model = build_denoiser(config, "base", device=device).to(torch_dtype).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=8e-5)
+    model = build_denoiser(config, "base", device=device).train()
+    if engine == "deepspeed":
+        model, update = deepspeed_engine(model, config, bf16=dtype == "bf16", cuda=device.startswith("cuda"))
+    else:
+        model = model.to(torch_dtype)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=8e-5)
+
+        def update(loss: torch.Tensor) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     schedule = NoiseSchedule(config.diffusion)
     shape = latent_shape(config, "base", batch)
     latents = torch.randn(shape, device=device, dtype=torch_dtype)
@@ -63,9 +72,7 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
 
     def step() -> None:
         loss, _ = diffusion_loss(model, schedule, data, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        update(loss)
         if cuda:
             torch.cuda.synchronize()
 
@@ -88,6 +95,7 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
         "overrides": overrides,
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "dtype": dtype,
+        "engine": engine,
         "latent_shape": list(shape),
         "params": sum(p.numel() for p in model.parameters()),
         "step_seconds": seconds,
@@ -97,6 +105,32 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
         "train_step_tflop": 3 * flops / 1e12,
         "achieved_tflops": 3 * flops / seconds / 1e12,
     }
+
+
+def deepspeed_engine(model, config, bf16: bool, cuda: bool):
+    """The trainers' own engine as one process of world size 1: ``training.loop``'s DeepSpeed
+    config (ZeRO stage, bf16 with fp32 master weights, clipping) and ``build_optimizer``'s
+    AdamW with its per-group rates. Returns the engine and the update it runs on a loss."""
+    import os
+
+    import deepspeed
+
+    from training.loop import deepspeed_config
+    from training.optim import build_optimizer
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    optimizer, schedule = build_optimizer(model, config.train)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(config, bf16))
+
+    def update(loss) -> None:
+        engine.backward(loss)
+        engine.step()
+
+    return engine, update
 
 
 def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> dict:
@@ -161,9 +195,10 @@ def pre_encoded_ratios(results: list[dict]) -> list[dict]:
         if r.get("preset") != "paper" or "step_seconds" not in r or batch not in encoders:
             continue
         ratio = (r["step_seconds"] + encoders[batch]) / r["step_seconds"]
-        ratios.append({"batch": batch, "overrides": r["overrides"], "step_seconds": r["step_seconds"],
+        ratios.append({"batch": batch, "overrides": r["overrides"], "engine": r.get("engine", "torch"),
+                       "step_seconds": r["step_seconds"],
                        "encoder_seconds": encoders[batch], "ratio": ratio})
-        print(f"pre-encoded speed-up, batch {batch} {' '.join(r['overrides'])} (compute only): "
+        print(f"pre-encoded speed-up, batch {batch} {' '.join(r['overrides'])} {ratios[-1]['engine']} (compute only): "
               f"({r['step_seconds']:.3f} + {encoders[batch]:.3f}) / {r['step_seconds']:.3f} = {ratio:.2f}x")
     return ratios
 
@@ -190,6 +225,9 @@ def main() -> None:
                                       device=device, dtype="bf16", batch=batch, steps=5))
                 cases.append(dict(preset="paper", overrides=[], device=device, dtype="fp32", batch=batch, steps=5,
                                   encoders=True))
+                # The trainers' DeepSpeed engine (ZeRO-2, fp32 master weights) with checkpointing, as training runs.
+                cases.append(dict(preset="paper", overrides=["unet.gradient_checkpointing=true"], device=device,
+                                  dtype="bf16", batch=batch, steps=5, engine="deepspeed"))
     results = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
@@ -204,7 +242,7 @@ def main() -> None:
                   f"{r['encoder_seconds']:.3f} s/batch, peak {r['peak_memory_mb']:.0f} MB")
             continue
         print(
-            f"{r['preset']:<6} {' '.join(r['overrides']) or 'default':<34} {r['dtype']} latent {r['latent_shape']}: "
+            f"{r['preset']:<6} {' '.join(r['overrides']) or 'default':<34} {r['dtype']} {r['engine']} latent {r['latent_shape']}: "
             f"{r['step_seconds']:.3f} s/step, peak {r['peak_memory_mb']:.0f} MB, {r['achieved_tflops']:.3f} TFLOP/s"
         )
     out = RESULTS if device == "cpu" else RESULTS.with_name(f"model_step_{device}.json")

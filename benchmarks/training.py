@@ -5,8 +5,9 @@
 
 Each case is a real ``i2vgen train`` run on a freshly curated synthetic corpus; figures come
 from the run's own ``metrics.jsonl`` (rank 0): samples/s and the share of time spent
-waiting for data after the first checkpoint window, the optimizer state this rank holds
-(ZeRO partitions it, so it should shrink from stage 1 up) and the worker's peak RSS.
+waiting for data after the first checkpoint window, the model states this rank holds
+(parameters between steps, gradients when backward returns, optimizer state: what each
+ZeRO stage partitions) and the worker's peak RSS.
 Then the same ZeRO-2 run twice more, side by side: with the frozen encoders on the trainers
 decoding media (``train.encoded=never``) and on the latents and CLIP features that
 ``i2vgen encode`` stored (``train.encoded=require``), with the encode pass's own time.
@@ -48,8 +49,9 @@ def main() -> None:
         case = _train(work / f"zero{zero}", data, args, ["--zero-stage", str(zero)])
         cases.append({"zero_stage": zero, **case})
         print(f"{args.preset} ZeRO-{zero}: {case['samples_per_s']:.2f} samples/s, waiting "
-              f"{100 * case['data_wait_share']:.0f}%, optimizer state {case['optimizer_state_mb']:.1f} MB/rank, "
-              f"peak RSS {case['rss_peak_mb']:.0f} MB/rank")
+              f"{100 * case['data_wait_share']:.0f}%; per rank: parameters {case['parameters_mb']:.1f} MB, "
+              f"gradients {case['gradients_mb']:.1f} MB, optimizer state {case['optimizer_state_mb']:.1f} MB, "
+              f"peak RSS {case['rss_peak_mb']:.0f} MB")
     loaders = {"media": _train(work / "media", data, args, ["--set", "train.encoded=never"])}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", "encode", str(data), "--stage", "base", "--preset", args.preset,
@@ -75,7 +77,8 @@ def _train(run: Path, data: Path, args: argparse.Namespace, extra: list[str]) ->
                     "--run", str(run), "--preset", args.preset, "--max-steps", str(args.steps),
                     "--checkpoint-every", str(args.steps // 2), *extra], check=True, capture_output=True)
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][-1]
-    keys = ("step", "samples_per_s", "data_wait_share", "optimizer_state_mb", "rss_peak_mb", "pre_encoded")
+    keys = ("step", "samples_per_s", "data_wait_share", "parameters_mb", "gradients_mb", "optimizer_state_mb",
+            "rss_peak_mb", "pre_encoded")
     return {k: last[k] for k in keys}
 
 

@@ -182,6 +182,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             generator.manual_seed(train.seed + index % train.overfit_batches)
         loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
+        gradient_mb = gradient_bytes(engine, optimizer) / 2**20  # before the step frees them
         engine.step()
         ema.update(engine.module)
         step += 1
@@ -200,6 +201,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "corrupt_samples": corrupt_samples,
             "corrupt_batches": corrupt_batches,
             "optimizer_state_mb": optimizer_state_bytes(optimizer) / 2**20,
+            "parameters_mb": parameter_bytes(engine) / 2**20,
+            "gradients_mb": gradient_mb,
             "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if writer is not None:
@@ -220,8 +223,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes of optimizer state this rank holds (ZeRO partitions it: it shrinks with the stage)."""
     inner = getattr(optimizer, "optimizer", optimizer)
-    return sum(v.numel() * v.element_size() for state in inner.state.values() for v in state.values()
-               if isinstance(v, torch.Tensor))
+    return sum(_nbytes(v) for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def parameter_bytes(engine) -> int:
+    """Bytes of model parameters this rank holds between steps: its partition under ZeRO-3
+    (``ds_tensor``; the full tensors exist only while a layer runs), all of them below."""
+    return sum(_nbytes(getattr(p, "ds_tensor", p)) for p in engine.module.parameters())
+
+
+def gradient_bytes(engine, optimizer) -> int:
+    """Bytes of gradients this rank holds once ``backward`` returns: full ``.grad`` tensors
+    not yet reduced, plus the reduced partitions DeepSpeed keeps for the step
+    (``averaged_gradients``, a DeepSpeed internal of its ZeRO optimizers, read defensively)."""
+    held = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    partitions = getattr(optimizer, "averaged_gradients", None) or {}
+    for group in partitions.values() if isinstance(partitions, dict) else partitions:
+        held += [g for g in (group if isinstance(group, (list, tuple)) else [group]) if isinstance(g, torch.Tensor)]
+    return sum(_nbytes(t) for t in held)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _save_and_report(engine, ema: EMA, metrics: dict[str, Any], rank: int, checkpoint_cls) -> None:
