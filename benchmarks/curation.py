@@ -103,7 +103,7 @@ def naive(videos) -> float:
     import cv2
     from scenedetect import ContentDetector, detect
 
-    from curation.scorers.motion import flow_magnitude
+    from curation.scorers.motion import sample_motion
     from curation.scorers.subject import subject_share
 
     start = time.perf_counter()
@@ -112,18 +112,19 @@ def naive(videos) -> float:
         step = max(1, int(round(info.fps / 2)))
         for scorer in ("motion", "subject"):
             cap = cv2.VideoCapture(str(path))
-            prev, index = None, 0
+            prev, before, index = None, None, 0
             while True:
                 ok, bgr = cap.read()
                 if not ok:
                     break
+                rgb = bgr[:, :, ::-1]
                 if index % step == 0:
-                    rgb = bgr[:, :, ::-1]
                     if scorer == "motion" and prev is not None:
-                        flow_magnitude(prev, rgb, step / info.fps)
+                        sample_motion(before, rgb, info.fps, (prev, step))  # the same motion as ours
                     elif scorer == "subject":
                         subject_share(rgb)
                     prev = rgb
+                before = rgb
                 index += 1
             cap.release()
         del scenes

@@ -26,7 +26,7 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from curation.dissolves import DissolveDetector
 from curation.probe import Rejected, VideoInfo, open_media
-from curation.scorers.motion import ReferenceOrder, flow_magnitude, motion_vector_magnitude
+from curation.scorers.motion import ReferenceOrder, flow_magnitude, motion_vector_magnitude, sample_motion
 from curation.scorers.subject import subject_share
 from pipeline.config.schema import CurationConfig
 
@@ -38,8 +38,8 @@ class Sample:
     """Scores of one sampled analysis frame."""
 
     index: int
-    flow: Optional[float]  # vs the previous sample, per second; None for the first
-    prev_index: Optional[int]
+    flow: Optional[float]  # per diagonal per second (``sample_motion``); None for the first
+    prev_index: Optional[int]  # the earliest frame the flow read
     subject: float
     jpeg: bytes
 
@@ -168,16 +168,30 @@ class _Scaler:
 
 
 class _Sampler:
-    """Flow, subject and keyframe of each sampled frame; flow against the previous sample."""
+    """Flow, subject and keyframe of each sampled frame. Flow is ``sample_motion``'s: against
+    the frame just before the sample (``remember``), or across the gap to the previous
+    sample where the motion is slow enough for Farneback to follow it that far."""
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
-        self.prev: Optional[tuple[int, np.ndarray]] = None
+        self.prev: Optional[tuple[int, np.ndarray]] = None  # the previous sample
+        self.before: Optional[tuple[int, np.ndarray]] = None  # the frame before the next sample
+
+    def remember(self, index: int, rgb: np.ndarray) -> None:
+        self.before = (index, rgb)
 
     def sample(self, index: int, rgb: np.ndarray) -> Sample:
-        flow = flow_magnitude(self.prev[1], rgb, (index - self.prev[0]) / self.fps) if self.prev else None
-        sample = Sample(index, flow, self.prev[0] if self.prev else None, subject_share(rgb), _jpeg(rgb))
-        self.prev = (index, rgb)
+        earlier = (self.prev[1], index - self.prev[0]) if self.prev else None
+        if self.before is not None and self.before[0] == index - 1:
+            flow = sample_motion(self.before[1], rgb, self.fps, earlier if earlier and earlier[1] > 1 else None)
+        elif earlier is not None:  # the frame before was lost: the gap alone
+            flow = flow_magnitude(earlier[0], rgb, earlier[1] / self.fps)
+        else:
+            flow = None
+        # The earliest frame the flow may have read: a clip that starts after it drops the flow.
+        reference = self.prev[0] if self.prev else (index - 1 if flow is not None else None)
+        sample = Sample(index, flow, reference, subject_share(rgb), _jpeg(rgb))
+        self.prev = self.before = (index, rgb)
         return sample
 
 
@@ -207,6 +221,8 @@ def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Se
                 segmenter.motion_vectors.append((index, mv * info.fps))
             if index % sample_every == 0:
                 segmenter.samples.append(sampler.sample(index, scaler.scoring(frame)))
+            elif (index + 1) % sample_every == 0:
+                sampler.remember(index, scaler.scoring(frame))
             yield from segmenter.ready(safe)
     if last_index < 0:
         raise Rejected("decode", "no frame could be decoded")

@@ -23,6 +23,7 @@ from curation.scorers.motion import (
     frames_with_reference_distances,
     motion_vector_magnitude,
     motion_vector_score,
+    sample_motion,
 )
 from curation.scorers.subject import saliency_map, subject_share
 from pipeline.models.weights import WeightsError
@@ -87,6 +88,28 @@ def test_flow_is_per_diagonal_and_per_second() -> None:
     assert flow_magnitude(small[0], small[0], 1 / FPS) < 0.01 * truth
     with pytest.raises(ValueError, match="dt_seconds"):
         flow_magnitude(small[0], small[1], 0.0)
+
+
+def _shifted(canvas: np.ndarray, dx: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """A 256x144 window of ``canvas`` moved ``dx`` px to the right (sub-pixel), plus grey noise."""
+    window = cv2.warpAffine(canvas, np.float32([[1, 0, -dx], [0, 1, 0]]), (256, 144), flags=cv2.INTER_LINEAR)
+    return np.clip(window + rng.normal(0, noise, window.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("noise", [0.0, 3.0])
+def test_sample_motion_follows_fast_pans_and_ignores_noise(noise: float) -> None:
+    """Half a second apart, Farneback reads a 4 px/frame pan as a fraction of a 1 px/frame
+    one; ``sample_motion`` reads both, and a noisy still frame as nearly still."""
+    rng = np.random.default_rng(1)
+    canvas = _texture(144, 256 + 8 * 13, cell=6, seed=2).astype(np.float32)
+    diagonal = math.hypot(256, 144)
+    for speed in (0.0, 0.5, 1.0, 4.0, 8.0):  # px per frame at 256 px wide
+        earlier, before, now = (_shifted(canvas, speed * i, noise, rng) for i in (0, 11, 12))
+        measured = sample_motion(before, now, FPS, (earlier, 12))
+        truth = speed * FPS / diagonal
+        assert abs(measured - truth) <= 0.05 * truth + 0.001, (speed, measured, truth)
+    gap = flow_magnitude(_shifted(canvas, 0, 0, rng), _shifted(canvas, 48, 0, rng), 0.5)
+    assert gap < 0.5 * 4 * FPS / diagonal  # the failure sample_motion avoids
 
 
 def test_static_scores_below_pan_for_both_motion_methods(clips: dict[str, Path]) -> None:
