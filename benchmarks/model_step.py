@@ -10,8 +10,9 @@ step is the compute side of the raw-against-pre-encoded ratio.
 
 Each case runs in its own process, so peak memory (RSS on CPU, allocator peak on GPU) is
 that case's alone. A step is the real objective (``training.losses.diffusion_loss``) plus
-backward and an AdamW update. Writes ``benchmarks/results/model_step.json``
-(``model_step_cuda.json`` on a GPU) and one line per case. On a GPU the figure to push up is achieved TFLOP/s: the config's FLOPs for
+backward and an AdamW update, or the trainers' DeepSpeed engine (``engine="deepspeed"``).
+Writes ``benchmarks/results/model_step.json`` (``model_step_cuda.json`` on a GPU) and one
+line per case. On a GPU the figure to push up is achieved TFLOP/s: the config's FLOPs for
 forward+backward (3x the forward, counted on the meta device) divided by the step time.
 """
 
@@ -196,9 +197,9 @@ def pre_encoded_ratios(results: list[dict]) -> list[dict]:
             continue
         ratio = (r["step_seconds"] + encoders[batch]) / r["step_seconds"]
         ratios.append({"batch": batch, "overrides": r["overrides"], "engine": r.get("engine", "torch"),
-                       "step_seconds": r["step_seconds"],
-                       "encoder_seconds": encoders[batch], "ratio": ratio})
-        print(f"pre-encoded speed-up, batch {batch} {' '.join(r['overrides'])} {ratios[-1]['engine']} (compute only): "
+                       "step_seconds": r["step_seconds"], "encoder_seconds": encoders[batch], "ratio": ratio})
+        print(f"pre-encoded speed-up, batch {batch} {' '.join(r['overrides'])} {ratios[-1]['engine']} "
+              f"(compute only): "
               f"({r['step_seconds']:.3f} + {encoders[batch]:.3f}) / {r['step_seconds']:.3f} = {ratio:.2f}x")
     return ratios
 
@@ -242,7 +243,8 @@ def main() -> None:
                   f"{r['encoder_seconds']:.3f} s/batch, peak {r['peak_memory_mb']:.0f} MB")
             continue
         print(
-            f"{r['preset']:<6} {' '.join(r['overrides']) or 'default':<34} {r['dtype']} {r['engine']} latent {r['latent_shape']}: "
+            f"{r['preset']:<6} {' '.join(r['overrides']) or 'default':<34} {r['dtype']} {r['engine']} "
+            f"latent {r['latent_shape']}: "
             f"{r['step_seconds']:.3f} s/step, peak {r['peak_memory_mb']:.0f} MB, {r['achieved_tflops']:.3f} TFLOP/s"
         )
     out = RESULTS if device == "cpu" else RESULTS.with_name(f"model_step_{device}.json")

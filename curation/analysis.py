@@ -211,7 +211,8 @@ def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Se
             segmenter.damaged.update(range(last_index + 1, index))
             last_index = index
             small = scaler.detection(frame)
-            segmenter.boundaries.add_cuts([tc.frame_num for tc in shots.process_frame(FrameTimecode(index, fps_frac), small)])
+            cuts = shots.process_frame(FrameTimecode(index, fps_frac), small)
+            segmenter.boundaries.add_cuts([tc.frame_num for tc in cuts])
             safe = index - lag
             if dissolves is not None:
                 segmenter.boundaries.add_dissolves(dissolves.process(index, small))
