@@ -74,18 +74,9 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
     def step() -> None:
         loss, _ = diffusion_loss(model, schedule, data, config)
         update(loss)
-        if cuda:
-            torch.cuda.synchronize()
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    step()  # warm-up: allocates optimizer state and caches
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = timed_runs(step, steps, cuda)
     seconds = statistics.median(times)
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -106,6 +97,28 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
         "train_step_tflop": 3 * flops / 1e12,
         "achieved_tflops": 3 * flops / seconds / 1e12,
     }
+
+
+def timed_runs(run, repeats: int, cuda: bool) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``run`` after one warm-up call (which allocates
+    optimizer state and caches), waiting for the GPU each time; the GPU's peak-memory counter
+    restarts after the warm-up."""
+    import torch
+
+    def synchronised() -> None:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+
+    synchronised()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        synchronised()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def deepspeed_engine(model, config, bf16: bool, cuda: bool):
@@ -154,17 +167,8 @@ def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> d
     def encode() -> None:
         with torch.no_grad():
             encode_media(denoiser, clip, vae, pixels, [""] * batch)
-        if cuda:
-            torch.cuda.synchronize()
 
-    encode()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        encode()
-        times.append(time.perf_counter() - start)
+    times = timed_runs(encode, steps, cuda)
     return {
         "preset": preset,
         "overrides": ["encoders"],
