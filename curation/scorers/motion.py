@@ -38,11 +38,16 @@ def _grey_at_width(rgb: np.ndarray, width: int) -> np.ndarray:
 FARNEBACK_REACH_PX = 6.0
 
 
+def _flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> np.ndarray:
+    """Dense Farneback flow ``(h, w, 2)`` between two frames shrunk to ``work_width``, in work-width pixels."""
+    a, b = _grey_at_width(prev_rgb, work_width), _grey_at_width(rgb, work_width)
+    return cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK)
+
+
 def _flow_lengths(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> tuple[np.ndarray, float]:
     """Per-pixel dense-flow lengths between two frames at ``work_width``, and that frame's diagonal."""
-    a, b = _grey_at_width(prev_rgb, work_width), _grey_at_width(rgb, work_width)
-    flow = cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK)
-    return np.hypot(flow[..., 0], flow[..., 1]), math.hypot(*a.shape)
+    flow = _flow(prev_rgb, rgb, work_width)
+    return np.hypot(flow[..., 0], flow[..., 1]), math.hypot(*flow.shape[:2])
 
 
 def flow_magnitude(prev_rgb: np.ndarray, rgb: np.ndarray, dt_seconds: float, work_width: int = 160) -> float:
@@ -80,8 +85,7 @@ def sample_motion(before: np.ndarray, rgb: np.ndarray, fps: float,
 def mean_flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int = 160) -> np.ndarray:
     """The average dense-flow vector ``(dx, dy)`` between two frames, in work-width pixels:
     which way the picture moves as a whole (a pan's direction, a shape's drift)."""
-    a, b = _grey_at_width(prev_rgb, work_width), _grey_at_width(rgb, work_width)
-    return cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK).reshape(-1, 2).mean(axis=0)
+    return _flow(prev_rgb, rgb, work_width).reshape(-1, 2).mean(axis=0)
 
 
 class ReferenceOrder:
@@ -178,7 +182,6 @@ def motion_vector_score(path: str, start_frame: int = 0, end_frame: int | None =
             if index >= start_frame and (value := motion_vector_magnitude(frame, *distances)) is not None:
                 values.append(value)
     return float(np.mean(values)) * float(rate) if values else float("nan")
-
 
 
 def frames_with_reference_distances(container: av.container.InputContainer, stream: av.VideoStream,
