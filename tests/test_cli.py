@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.config import load_config
 from pipeline.model_info import stage_info
 
@@ -24,6 +26,7 @@ def test_model_info_json_agrees_with_the_library() -> None:
     assert infos["refiner"]["params"]["global_encoder"] == 0
 
 
+@pytest.mark.slow  # builds the 1.4B-parameter paper model on the meta device in a fresh process (~15 s)
 def test_model_info_table_for_paper_prints_every_part() -> None:
     proc = _cli("model-info", "paper", "--stage", "base")
     assert proc.returncode == 0, proc.stderr
