@@ -1,5 +1,6 @@
-"""Training buckets: the aspect-ratio class, the centre crops each stage needs, and the
-(frames, fps) pairs a clip can supply for the paper's dynamic frames and FPS."""
+"""Training buckets: the aspect-ratio class and the (frames, fps) pairs a clip can supply for
+the paper's dynamic frames and FPS. (Each stage's crop box is ``pipeline.frames.centre_crop_box``,
+shared with training and inference.)"""
 
 from __future__ import annotations
 
@@ -15,16 +16,6 @@ def aspect_bucket(width: int, height: int) -> str:
     """The named aspect ratio closest (in log ratio) to width / height."""
     ratio = math.log(width / height)
     return min(ASPECT_BUCKETS, key=lambda name: abs(math.log(ASPECT_BUCKETS[name]) - ratio))
-
-
-def centre_crop(width: int, height: int, target_width: int, target_height: int) -> list[int]:
-    """The largest centred [x, y, w, h] box of the target's aspect ratio inside the frame."""
-    target = target_width / target_height
-    if width / height > target:
-        w, h = int(round(height * target)), height
-    else:
-        w, h = width, int(round(width / target))
-    return [(width - w) // 2, (height - h) // 2, w, h]
 
 
 def frame_fps_pairs(num_frames: int, fps: float) -> list[dict[str, int]]:

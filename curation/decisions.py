@@ -1,7 +1,10 @@
-"""Keep or drop, and how often to draw: recomputed from the stored scores on every run, so
-new thresholds need no re-scoring."""
+"""Keep or drop, how often to draw, and train or validation: recomputed on every run (the
+first two from the stored scores, so new thresholds need no re-scoring; the split from the
+row's id alone)."""
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -55,3 +58,11 @@ def balancing_weights(scores: pd.DataFrame, keep: np.ndarray, bins: int) -> np.n
     raw = 1.0 / counts[inverse]
     weights[keep] = raw / raw.mean()
     return weights
+
+
+def split_of(row_id: str, val_fraction: float) -> str:
+    """``"val"`` or ``"train"`` from a hash of the id alone: the same row lands on the same
+    side in every run, resume and re-curation, whatever else is in the table, so a
+    validation loss is never measured on rows a model was trained on. Raising the fraction
+    only moves train rows to val, never back."""
+    return "val" if int(hashlib.sha1(row_id.encode()).hexdigest()[:8], 16) / 2**32 < val_fraction else "train"

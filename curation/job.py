@@ -6,7 +6,8 @@ lance-ray, one commit per table, so a killed run loses at most the chunk in flig
 start the job reads which sources the tables already hold and skips them: re-running the
 same command appends nothing twice, and a resumed run ends with the same rows as an
 uninterrupted one. The keep / drop_reason / weight columns are recomputed over the whole
-table at the end of every run from the stored scores and the current thresholds.
+table at the end of every run from the stored scores and the current thresholds, and the
+split column from each row's id and ``curation.val_fraction``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import pyarrow as pa
 import ray
 from PIL import Image
 
-from curation.decisions import balancing_weights, keep_and_reasons
+from curation.decisions import balancing_weights, keep_and_reasons, split_of
 from curation.runner import run_items
 from curation.sources import InputReject, MediaItem, expand_inputs
 from curation.worker import process_item
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
-from pipeline.tables import CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions
+from pipeline.tables import (
+    CLIPS, CLIPS_SCHEMA, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
+)
 
 log = logging.getLogger("curation")
 
@@ -167,7 +170,7 @@ def _sources_done(out: Path) -> set[str]:
 
 
 def finalize(out: Path, config: Config) -> dict[str, Any]:
-    """Recompute keep / drop_reason / weight for every row, compact, and summarise."""
+    """Recompute the decision columns for every row, compact, and summarise."""
     import lance
 
     cfg = config.curation
@@ -181,15 +184,17 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
         scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
         keep, reasons = keep_and_reasons(scores, cfg.filters)
         weights = balancing_weights(scores, keep, cfg.balance_bins)
+        splits = [split_of(row_id, cfg.val_fraction) for row_id in scores[key]]
         decisions = pa.table(
             {
                 key: scores[key].to_numpy(),
                 "keep": pa.array(keep),
                 "drop_reason": pa.array(reasons, pa.string()),
                 "weight": pa.array(weights, pa.float32()),
+                "split": pa.array(splits, pa.string()),
             }
         )
-        stale = [c for c in ("keep", "drop_reason", "weight") if c in ds.schema.names]
+        stale = [f.name for f in DECISION_FIELDS if f.name in ds.schema.names]
         if stale:
             ds.drop_columns(stale)
             ds = lance.dataset(str(uri))
@@ -200,6 +205,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
         summary["clips" if kind == "video" else "images"] = {
             "rows": len(scores),
             "kept": int(keep.sum()),
+            "kept_val": sum(1 for k, s in zip(keep, splits) if k and s == "val"),
             "dropped_by": dict(dropped),
         }
     if _committed(out / REJECTS):

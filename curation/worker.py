@@ -15,13 +15,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from curation.analysis import analysis_size, iter_segments
-from curation.buckets import aspect_bucket, centre_crop, frame_fps_pairs
+from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.media import encode_clips, storage_size
 from curation.probe import Rejected, probe_video
 from curation.scorers.subject import subject_share
 from curation.sources import MediaItem, read_bytes, resolve
 from curation.split import clip_from_segment
 from pipeline.config.schema import Config
+from pipeline.frames import centre_crop_box
 
 HASH_CHUNK = 8 << 20
 
@@ -39,8 +40,8 @@ def _crops(width: int, height: int, config: Config) -> dict[str, Any]:
     base, refiner = config.stages.base, config.stages.refiner
     return {
         "bucket": aspect_bucket(width, height),
-        "crop_base": centre_crop(width, height, base.width, base.height),
-        "crop_refiner": centre_crop(width, height, refiner.width, refiner.height),
+        "crop_base": centre_crop_box(width, height, base.width, base.height),
+        "crop_refiner": centre_crop_box(width, height, refiner.width, refiner.height),
     }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from curation.synthetic import ShotSpec, write_sample_corpus, write_video
-from demo.metrics import first_frame_psnr, motion_agreement
+from evaluation.metrics import first_frame_psnr, motion_agreement
 from demo.page import write_page
 from inference.cascade import Cascade
 from inference.request import make_request

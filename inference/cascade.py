@@ -25,8 +25,10 @@ from pipeline.diffusion.guidance import guided
 from pipeline.diffusion.noising import add_image_to_first_frame, renoise, sample_noise
 from pipeline.diffusion.samplers import SAMPLERS, Denoise, sampling_timesteps
 from pipeline.diffusion.schedule import NoiseSchedule
-from pipeline.models.build import Denoiser, build_autoencoder, build_clip
+from pipeline.frames import image_to_tensor
+from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip
 from pipeline.models.stage_file import load_stage
+from pipeline.models.vae import ImageAutoencoder
 
 # on_step(stage, rows, steps done, steps in all) after every model evaluation of a batch;
 # rows are the indices, in the caller's request list, of the requests in that batch.
@@ -55,21 +57,12 @@ def refiner_seed(seed: int) -> int:
     return (seed * 1_000_003 + 1) % 2**63
 
 
-def image_tensor(image: np.ndarray, width: int, height: int) -> torch.Tensor:
-    """``(3, height, width)`` in [-1, 1]: the centre crop of the stage's aspect, resized
-    with antialiasing (the crop training took from its clips)."""
-    h, w = image.shape[:2]
-    crop_w, crop_h = min(w, round(h * width / height)), min(h, round(w * height / width))
-    left, top = (w - crop_w) // 2, (h - crop_h) // 2
-    cropped = Image.fromarray(image[top : top + crop_h, left : left + crop_w])
-    resized = np.asarray(cropped.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    return torch.from_numpy(resized).permute(2, 0, 1) / 127.5 - 1
-
-
 def crop_wide(image: np.ndarray, width: int, height: int) -> Image.Image:
     """VGen's ``CenterCropWide``: scale (box filter) so the image just covers
     ``width x height``, then cut out the centre. The released model saw its conditions
-    prepared this way, so it is how its base stage prepares them here."""
+    prepared this way, so it is how its base stage prepares them here. It is deliberately
+    not ``pipeline.frames``' crop-and-resize, which the paper architecture trains and samples
+    with: this one must match the published weights, not our training."""
     pil = Image.fromarray(image)
     scale = min(pil.width / width, pil.height / height)
     pil = pil.resize((round(pil.width // scale), round(pil.height // scale)), Image.Resampling.BOX)
@@ -114,14 +107,18 @@ class Cascade:
         refiner: Optional[Denoiser],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        clip: Optional[ClipEncoders] = None,
+        vae: Optional[ImageAutoencoder] = None,
     ) -> None:
+        """``clip`` and ``vae`` reuse encoders a caller already holds (a trainer's), where
+        ``vae`` must already be in ``dtype``; otherwise they are built from ``config``."""
         if base is None and refiner is None:
             raise ValueError("a cascade needs the base, the refiner or both")
         self.config, self.device, self.dtype = config, torch.device(device), dtype
         self.base = None if base is None else base.to(self.device, dtype).eval()
         self.refiner = None if refiner is None else refiner.to(self.device, dtype).eval()
-        self.clip = build_clip(config, self.device)  # fp32: its input normalisation is fp32
-        self.vae = build_autoencoder(config, self.device).to(dtype).eval()
+        self.clip = clip or build_clip(config, self.device)  # fp32: its input normalisation is fp32
+        self.vae = vae or build_autoencoder(config, self.device).to(dtype).eval()
         self.schedule = NoiseSchedule(config.diffusion)
         # The negative prompt is fixed by the config: its tokens are encoded once, not per batch.
         self.negative_text = (
@@ -216,7 +213,8 @@ class Cascade:
         stage = self.config.stages.base
         fps = self._fps(requests)
         if not self.base.text_conditioned:
-            images = torch.stack([image_tensor(r.image, stage.width, stage.height) for r in requests]).to(self.device)
+            images = torch.stack([image_to_tensor(r.image, stage.width, stage.height) for r in requests])
+            images = images.to(self.device)
             return {
                 "context": self.clip.encode_image(images).to(self.dtype),
                 "fps": fps,

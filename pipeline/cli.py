@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
@@ -82,8 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       ("checkpoint_every", "checkpoint_every")):
         if getattr(args, flag) is not None:
             overrides.append(f"train.{key}={getattr(args, flag)}")
-    if args.where:
-        overrides.append(f"train.where={json.dumps(args.where)}")
+    for flag in ("where", "val_where"):
+        if getattr(args, flag):
+            overrides.append(f"train.{flag}={json.dumps(getattr(args, flag))}")
     config = load_config(args.preset, args.config, overrides)
     print(json.dumps(train(config, args.stage, args.data, args.run, args.init), indent=2, default=str))
     return 0
@@ -166,6 +168,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, usage_error: Callable[[str], NoReturn]) -> int:
+    """``i2vgen eval``: a stage measured on held-out clips, or two such runs compared."""
+    if args.compare:
+        return _eval_compare(args, usage_error)
+    for flag in ("base", "data", "out"):
+        if not getattr(args, flag):
+            usage_error(f"the following arguments are required: --{flag} (or --compare A.json B.json)")
+    from evaluation.run import run_eval
+
+    config = _config_from(args)
+    steps = config.sampling.steps if args.steps is None else args.steps
+    result = run_eval(config, args.base, args.refiner, args.data, args.where, args.clips, args.seed, steps, args.out,
+                      device=args.device)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("clips", "settings")}, indent=2))
+    print(Path(args.out) / "index.html")
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace, usage_error: Callable[[str], NoReturn]) -> int:
+    from evaluation.compare import compare, format_comparison
+
+    given = [flag for flag in ("base", "refiner", "data") if getattr(args, flag)]
+    if given:
+        usage_error(f"--compare reads two eval.json files; it takes no --{given[0]}")
+    result = compare(*args.compare)
+    print(format_comparison(result))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "compare.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_eval_spectrum(args: argparse.Namespace) -> int:
     from inference.spectrum import compare_spectra
 
@@ -227,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the diffusers folder)",
     )
     train.add_argument("--where", help='SQL filter on the tables, e.g. "aesthetic > 6 AND motion > 0.2"')
+    train.add_argument(
+        "--val-where", dest="val_where",
+        help="SQL choosing the validation rows, which training never draws (default: split = 'val', where the "
+        "tables have curation's split column)",
+    )
     _add_config_args(train)
     train.set_defaults(func=cmd_train)
 
@@ -296,8 +335,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="change the demo's budget, e.g. base_steps=300 (keys: demo.run.DemoBudget)")
     demo.set_defaults(func=cmd_demo)
 
-    evaluate = sub.add_parser("eval", help="evaluations of generated videos")
-    eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)
+    evaluate = sub.add_parser(
+        "eval",
+        help="measure a trained stage on held-out clips (or: eval --compare A.json B.json; eval spectrum ...)",
+        description="i2vgen eval --base FILE [--refiner FILE] --data DIR --out DIR | "
+        "i2vgen eval --compare A.json B.json [--out DIR] | i2vgen eval spectrum BASE.mp4 REFINED.mp4 --out DIR",
+    )
+    evaluate.add_argument("--base", help="the base stage's export (.safetensors)")
+    evaluate.add_argument("--refiner", help="the refiner's export: the refined video is what is measured")
+    evaluate.add_argument("--data", help="a curated folder (clips.lance)")
+    evaluate.add_argument("--where", default="split = 'val'", help="SQL choosing the held-out clips (default: %(default)s)")
+    evaluate.add_argument("--clips", type=int, default=4, help="how many held-out clips (default: %(default)s)")
+    evaluate.add_argument("--seed", type=int, default=0, help="clip i is generated with seed + i")
+    evaluate.add_argument("--steps", type=int, help="base sampling steps (default: sampling.steps)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("--out", help="folder for eval.json, index.html and the clips' media (with --compare: compare.json)")
+    evaluate.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                          help="paired differences B - A per metric with 95%% bootstrap intervals")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(func=partial(cmd_eval, usage_error=evaluate.error))
+    eval_sub = evaluate.add_subparsers(dest="eval_command")
     spectrum = eval_sub.add_parser("spectrum", help="spatial and temporal spectra, base vs refined (paper Fig. 7)")
     spectrum.add_argument("base_video")
     spectrum.add_argument("refined_video")

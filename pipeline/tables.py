@@ -1,7 +1,8 @@
 """The Lance table schemas: the contract between curation (writer) and training (reader).
 
 Curation writes three tables under its output folder; training reads only ``keep`` rows of
-the first two. Media columns are Lance blob columns, so a reader fetches one clip's bytes
+the first two, less the validation rows (``VAL_ROWS`` unless ``train.val_where`` says
+otherwise). Media columns are Lance blob columns, so a reader fetches one clip's bytes
 without loading its neighbours (``LanceDataset.take_blobs``).
 """
 
@@ -20,13 +21,17 @@ FRAME_FPS = pa.struct([("frames", pa.int32()), ("fps", pa.int32())])
 # A centre crop [x, y, w, h] in source pixels with a stage's aspect ratio.
 CROP = pa.list_(pa.int32())
 
-# Columns every scored row has; curation's finalize step (re)computes the last three from
-# the scores and the configured thresholds, so thresholds change without re-scoring.
+# Columns every scored row has; curation's finalize step (re)computes them on every run:
+# keep / drop_reason / weight from the scores and the configured thresholds (so thresholds
+# change without re-scoring), split from the row's id and curation.val_fraction.
 DECISION_FIELDS = [
     pa.field("keep", pa.bool_()),
     pa.field("drop_reason", pa.string()),
     pa.field("weight", pa.float32()),
+    pa.field("split", pa.string()),  # "train" | "val" (curation.decisions.split_of)
 ]
+# The validation rows when train.val_where is unset: training never draws them.
+VAL_ROWS = "split = 'val'"
 
 CLIPS_SCHEMA = pa.schema(
     [
@@ -106,6 +111,6 @@ REJECTS_SCHEMA = pa.schema(
 
 
 def without_decisions(schema: pa.Schema) -> pa.Schema:
-    """The schema as chunks are written, before finalize adds keep / drop_reason / weight."""
+    """The schema as chunks are written, before finalize adds the decision columns."""
     names = {f.name for f in DECISION_FIELDS}
     return pa.schema([f for f in schema if f.name not in names])

@@ -42,10 +42,14 @@ def test_overrides_and_files_apply_in_order(tmp_path) -> None:
         ("unet.block_out_channels=5", "unet.block_out_channels", "expected a list"),
         ("unet.block_out_channels=[32, 60]", "unet.block_out_channels[1]", "divisible"),
         ("unet.in_channels=4", "unet.in_channels", "latent channels"),
+        ("unet.block_out_channels=[32, 64]", "unet.block_out_channels[0]", "fewer than unet.in_channels=48"),
+        ("train.checkpoint_every=0", "train.checkpoint_every", "at least 1"),
+        ("model.arch=release", "vae.kind", "sd VAE"),
         ("stages.refiner.width=230", "stages.refiner.width", "multiple"),
         ("global_encoder.pool_size=16", "global_encoder.pool_size", "2x2"),
         ("unet=3", "unet", "mapping"),
         ("stages.base.condition_dropout=1.5", "stages.base.condition_dropout", "[0, 1]"),
+        ("curation.val_fraction=1.0", "curation.val_fraction", "[0, 1)"),
     ],
 )
 def test_errors_name_the_key(override: str, key: str, words: str) -> None:

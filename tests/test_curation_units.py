@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.analysis import iter_segments
-from curation.buckets import aspect_bucket, centre_crop, frame_fps_pairs
+from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.decisions import balancing_weights, keep_and_reasons
 from curation.probe import Rejected, probe_video
 from curation.sources import MediaItem, expand_inputs
@@ -169,8 +169,6 @@ def test_broken_files_become_rejects_not_exceptions(broken) -> None:
 
 def test_buckets() -> None:
     assert aspect_bucket(1920, 1080) == "16:9" and aspect_bucket(1080, 1920) == "9:16" and aspect_bucket(512, 500) == "1:1"
-    assert centre_crop(1920, 1080, 448, 256) == [15, 0, 1890, 1080]
-    assert centre_crop(1080, 1920, 1280, 720) == [0, 656, 1080, 608]
     pairs = {(p["frames"], p["fps"]) for p in frame_fps_pairs(48, 24.0)}
     assert (32, 16) in pairs and (16, 8) in pairs and (8, 4) in pairs
     assert (32, 8) not in pairs  # 32 frames at 8 fps span 4 s; the clip has 2 s

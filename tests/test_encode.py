@@ -41,7 +41,7 @@ def encoded(tiny_curated, tmp_path_factory) -> Path:
     proc = _cli("encode", str(data), "--preset", "tiny", "--quiet", *_set(SAME_GRID))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = {s["stage"]: s for s in json.loads(proc.stdout)}
-    catalog = load_catalog(data)
+    catalog = load_catalog(data, include_val=True)  # validation rows are encoded too
     rows = catalog.clips.num_rows + catalog.images.num_rows
     assert summaries["base"]["encoded"] == rows and summaries["base"]["undecodable"] == 0
     assert summaries["refiner"]["encoded"] == rows + 1  # and the empty prompt's tokens

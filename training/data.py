@@ -1,5 +1,6 @@
 """Training data from the curated Lance tables: a deterministic draw plan, then Ray Data
-workers that fetch each clip's blob, decode the drawn frames with decord and centre-crop.
+workers that fetch each clip's blob, decode the drawn frames with decord and crop them with
+``pipeline.frames.crop_resize`` (the resize inference applies to its input image).
 
 The plan is a list of micro-batches. Each draws its shape first, (frames, fps) at the
 paper's 1:1:1:5 and 1:2:4:1 among the pairs some kept row can supply, then its rows by
@@ -20,7 +21,8 @@ import pyarrow as pa
 
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
-from pipeline.tables import CLIPS, IMAGES, encoded_table
+from pipeline.frames import crop_resize
+from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table
 
 if TYPE_CHECKING:
     from training.encodings import Encodings
@@ -55,14 +57,21 @@ class Catalog:
         return out
 
 
-def load_catalog(data_dir: str | Path, where: Optional[str] = None) -> Catalog:
-    """Read the kept rows; every problem is a ConfigError before any worker starts."""
+def load_catalog(
+    data_dir: str | Path, where: Optional[str] = None, val_where: Optional[str] = None, include_val: bool = False
+) -> Catalog:
+    """Read the kept rows matching ``where``, less the validation rows: those matching
+    ``val_where`` (``train.val_where``), else ``VAL_ROWS`` where the table has curation's
+    split column, else none. ``include_val`` keeps them (``i2vgen encode`` stores encodings
+    for every row, so the validation loss can read them too). A row where ``val_where`` is
+    NULL is a training row. Every problem is a ConfigError before any worker starts."""
     import lance
 
     data = Path(data_dir)
     if not (data / CLIPS).exists():
         raise ConfigError(f"--data: {data / CLIPS} does not exist; run `i2vgen curate ... --out {data}` first")
-    tables = {}
+    tables, held_out = {}, {}
+    kept = "keep = true" + (f" AND ({where})" if where else "")
     for name, columns in ((CLIPS, CLIP_COLUMNS), (IMAGES, IMAGE_COLUMNS)):
         if not (data / name).exists():
             continue
@@ -70,14 +79,29 @@ def load_catalog(data_dir: str | Path, where: Optional[str] = None) -> Catalog:
         missing = [c for c in columns + ["keep"] if c not in ds.schema.names]
         if missing:
             raise ConfigError(f"--data: {name} has no column {missing[0]!r} (was it written by this version's curation?)")
-        condition = "keep = true" + (f" AND ({where})" if where else "")
-        try:
-            tables[name] = ds.to_table(columns=columns, filter=condition, with_row_id=True)
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"train.where: cannot apply {where!r} to {name}: {err}") from err
+        for key, sql in (("train.where", where), ("train.val_where", val_where)):
+            _check_filter(ds, name, key, sql)
+        held_out[name] = None if include_val else val_where or (VAL_ROWS if "split" in ds.schema.names else None)
+        condition = kept + (f" AND ({held_out[name]}) IS NOT TRUE" if held_out[name] else "")
+        tables[name] = ds.to_table(columns=columns, filter=condition, with_row_id=True)
     if tables[CLIPS].num_rows == 0:
-        raise ConfigError(f"--data: {data / CLIPS} has no kept rows" + (f" matching {where!r}" if where else ""))
+        message = f"--data: {data / CLIPS} has no kept rows" + (f" matching {where!r}" if where else "")
+        validation = lance.dataset(str(data / CLIPS)).count_rows(filter=kept) if held_out[CLIPS] else 0
+        if validation:
+            message += (f" outside the validation rows: all {validation} match {held_out[CLIPS]!r}; "
+                        "lower curation.val_fraction or set train.val_where")
+        raise ConfigError(message)
     return Catalog(tables[CLIPS], tables.get(IMAGES), str(data))
+
+
+def _check_filter(ds: Any, name: str, key: str, sql: Optional[str]) -> None:
+    """A filter that does not parse, names a missing column or compares across types fails
+    naming its key (planning the scan checks it against the schema without reading rows)."""
+    if sql:
+        try:
+            ds.scanner(filter=sql, columns=[], with_row_id=True).explain_plan()
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{key}: cannot apply {sql!r} to {name}: {err}") from err
 
 
 def _choice(rng: np.random.Generator, values: list, weights: list[float]) -> Any:
@@ -237,7 +261,7 @@ class MicroBatchLoader:
             reader = self.media.video(meta["_rowid"])
             clip = reader.get_batch(window(len(reader), frames, meta["fps"] / fps, rng)).asnumpy()
         crop, scale = stage_crop(meta, self.stage, table)
-        return {"video": centre_crop_resize(clip, crop, scale, self.size), "caption": meta["caption"] or ""}
+        return {"video": crop_resize(clip, crop, self.size, scale), "caption": meta["caption"] or ""}
 
     def _stored(self, table: str, position: int, frames: int, fps: int, rng: np.random.Generator) -> dict[str, Any]:
         """The same draw from the stored grid: latents ``(C, F, h, w)``, the first frame's
@@ -254,18 +278,6 @@ class MicroBatchLoader:
         if "text" in stored:
             sample["text"] = stored["text"][0].astype(np.float32)
         return sample
-
-
-def centre_crop_resize(frames: np.ndarray, crop: list[int], scale: float, size: tuple[int, int]) -> np.ndarray:
-    """Crop ``[x, y, w, h]`` (in source pixels, ``scale`` maps to the stored media) and resize
-    every frame to ``size`` (width, height)."""
-    import torch
-    import torch.nn.functional as F
-
-    x, y, w, h = (int(round(v * scale)) for v in crop)
-    cropped = torch.from_numpy(np.ascontiguousarray(frames[:, y : y + h, x : x + w])).permute(0, 3, 1, 2).float()
-    resized = F.interpolate(cropped, size=(size[1], size[0]), mode="bilinear", antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
 def plan_dataset(catalog: Catalog, config: Config, stage: str, start_step: int, rank: int):

@@ -26,8 +26,9 @@ import torch
 
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
+from pipeline.frames import crop_resize
 from pipeline.tables import ENCODED_SCHEMA, encoded_table
-from training.data import MediaSource, centre_crop_resize, load_catalog, stage_crop
+from training.data import MediaSource, load_catalog, stage_crop
 from training.encodings import FINGERPRINT_KEY, first_difference, fingerprint, stage_conditions, stored_fingerprint
 
 # The per-row facts an encoder actor needs, read by the driver with the catalog.
@@ -86,7 +87,7 @@ class StageEncoder:
             chunks = (reader.get_batch(picked[i : i + step]).asnumpy() for i in range(0, len(picked), step))
         latents, embeds = [], []
         for frames in chunks:
-            rgb = torch.from_numpy(centre_crop_resize(frames, crop, scale, self.size)).to(self.device)
+            rgb = torch.from_numpy(crop_resize(frames, crop, self.size, scale)).to(self.device)
             pixels = rgb.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W), as the trainer scales
             latents.append(self.vae.encode(pixels))
             if self.image:
@@ -106,8 +107,9 @@ def _pack(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def _rows_to_encode(data_dir: Path, config: Config, stage: str, done: set[tuple[str, str]]) -> pa.Table:
-    """Every kept row (and the empty prompt, where the stage reads text) not yet encoded."""
-    catalog = load_catalog(data_dir)
+    """Every kept row, validation rows too (and the empty prompt, where the stage reads
+    text), not yet encoded."""
+    catalog = load_catalog(data_dir, include_val=True)
     rows = []
     for name, key, part in (("clips", "clip_id", catalog.clips), ("images", "image_id", catalog.images)):
         if part is None:

@@ -25,7 +25,9 @@ from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
 from training.data import load_catalog, plan_dataset, rank_dataset_name, validate_shapes
 from training.encodings import attach_encodings
+from training.heldout import heldout_rows
 from training.loop import train_loop_per_worker
+from training.validation import default_val_where
 
 CONFIG_FILE = "config.yaml"
 
@@ -61,8 +63,11 @@ def train(
         initialise(build_denoiser(config, stage, device="meta"), init)
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
-    catalog = load_catalog(data_dir, config.train.where)
+    catalog = load_catalog(data_dir, config.train.where, config.train.val_where)
     validate_shapes(catalog, config, stage)
+    if config.train.validate_every:  # fail here, not in every worker, when no clip can validate
+        frames = getattr(config.stages, stage).frames
+        heldout_rows(data_dir, default_val_where(config), frames, config.sampling.fps, option="train.val_where")
     print(attach_encodings(catalog, config, stage), flush=True)
     (run / CONFIG_FILE).write_text(yaml.safe_dump({"stage": stage, **config_to_dict(config)}, sort_keys=False))
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
@@ -75,7 +80,8 @@ def train(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": config, "stage": stage, "run_dir": str(run), "init": init, "encodings": catalog.encoded
+            "config": config, "stage": stage, "run_dir": str(run), "init": init, "encodings": catalog.encoded,
+            "data_dir": str(Path(data_dir).resolve()),
         },
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
@@ -108,7 +114,8 @@ def ingest_config():
 
 
 def plot_losses(run: Path) -> Optional[Path]:
-    """``loss.png``: the loss per step and its running mean, from ``metrics.jsonl``."""
+    """``loss.png``: the loss per step and its running mean, from ``metrics.jsonl``, and the
+    validation loss against the zero-prediction line where the run validated."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return None
@@ -119,12 +126,19 @@ def plot_losses(run: Path) -> Optional[Path]:
     import numpy as np
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    steps = np.array([r["step"] for r in rows])
-    losses = np.array([r["loss"] for r in rows])
+    train_rows = [r for r in rows if "loss" in r]
+    steps = np.array([r["step"] for r in train_rows])
+    losses = np.array([r["loss"] for r in train_rows])
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, ".", alpha=0.35, label="loss")
+    ax.plot(steps, losses, ".", alpha=0.35, label="training loss")
     window = max(1, len(losses) // 20)
     ax.plot(steps[window - 1 :], np.convolve(losses, np.ones(window) / window, mode="valid"), label=f"mean of {window}")
+    validation = sorted((r["step"], r["validation_loss"], r["zero_prediction_loss"]) for r in rows
+                        if r.get("kind") == "validation")
+    if validation:
+        v_steps, v_loss, zero = (np.array(column) for column in zip(*validation))
+        ax.plot(v_steps, v_loss, "o-", color="tab:red", label="validation loss (fixed noise and t)")
+        ax.plot(v_steps, zero, "--", color="grey", label="zero prediction, same batch")
     ax.set_xlabel("step")
     ax.set_ylabel("v-prediction MSE")
     ax.legend()

@@ -25,13 +25,17 @@ from pipeline.diffusion.schedule import NoiseSchedule
 from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip, build_denoiser
 from pipeline.models.init_weights import initialise
 from pipeline.models.release_denoiser import ReleaseDenoiser
+from pipeline.models.stage_file import save_stage
 from pipeline.models.vae import ImageAutoencoder
 from training.data import rank_dataset_name
 from training.encodings import Encodings
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
+from training.validation import ValidationLosses, Validator
 
 CHECKPOINT_TAG = "state"
+# The weights the run started from, exported like a trained stage (the untrained baseline).
+INITIAL_WEIGHTS = "initial.safetensors"
 
 
 def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
@@ -124,7 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine, optimizer, _, schedule = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
     )
-    ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3)
+    ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3, master_weights=use_bf16)
 
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -137,9 +141,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"resuming from step {step}", flush=True)
 
     stored: Optional[Encodings] = loop_config.get("encodings")
-    if stored is None:  # the frozen encoders run here, outside the engine
+    if stored is None or train.validate_every:  # the frozen encoders run here, outside the engine
         clip = build_clip(config, device=device)
         vae = build_autoencoder(config, device=device).to(device)
+    if stored is None:
         # The released model drops its text to the empty prompt: the same tokens every step.
         null_text = clip.encode_text([""]) if isinstance(model, ReleaseDenoiser) else None
     elif isinstance(model, ReleaseDenoiser):
@@ -149,7 +154,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     schedule_noise = NoiseSchedule(config.diffusion)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
-    writer = _metrics_writer(run_dir) if rank == 0 else None
+    log = RunLog(run_dir) if rank == 0 else None
+    validator = (Validator(config, stage, loop_config["data_dir"], clip, vae, null_text, device, dtype)
+                 if train.validate_every else None)
+    if step == 0:
+        # The run's own starting point: the baseline a trained stage must beat.
+        initial = ema.state_dict(engine.module)  # every rank: a gather under ZeRO-3
+        if rank == 0:
+            save_stage(initial, run_dir / INITIAL_WEIGHTS, stage, config, step=0)
+        if validator is not None:
+            _validate(validator, engine, 0, log)
 
     shard = ray.train.get_dataset_shard(rank_dataset_name(rank))  # this rank's micro-batches, from this step on
     last_good: dict[str, Any] | None = None
@@ -184,7 +198,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         engine.backward(loss)
         gradient_mb = gradient_bytes(engine, optimizer) / 2**20  # before the step frees them
         engine.step()
-        ema.update(engine.module)
+        ema.update(engine.module, step)
         step += 1
         window_steps += 1
         computed += time.perf_counter() - t_start
@@ -205,8 +219,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "gradients_mb": gradient_mb,
             "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
-        if writer is not None:
-            writer(metrics)
+        if log is not None:
+            log.step(metrics)
+        if validator is not None and (step % train.validate_every == 0 or step >= train.max_steps):
+            _validate(validator, engine, step, log)
         if step % train.checkpoint_every == 0 or step >= train.max_steps:
             _save_and_report(engine, ema, metrics, rank, Checkpoint)
             waited = computed = 0.0
@@ -269,18 +285,34 @@ def _read_ema(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "ema.safetensors"))
 
 
-def _metrics_writer(run_dir: Path):
-    """Rank 0's metrics: a JSON line per step, TensorBoard scalars, and a progress line."""
-    from tensorboardX import SummaryWriter
+def _validate(validator: Validator, engine, step: int, log: Optional["RunLog"]) -> None:
+    """Validation losses and sample videos at ``step``; every rank computes, rank 0 writes."""
+    losses = validator.losses(engine)
+    videos = validator.samples(engine)
+    if log is not None:
+        log.validation(step, losses, videos, validator.config.sampling.fps)
 
-    board = SummaryWriter(str(run_dir / "tensorboard"))
-    lines = open(run_dir / "metrics.jsonl", "a", buffering=1)
 
-    def write(metrics: dict[str, Any]) -> None:
-        lines.write(json.dumps(metrics) + "\n")
+class RunLog:
+    """Rank 0's record of the run: a JSON line per step (validation lines carry
+    ``"kind": "validation"``), TensorBoard scalars and sample sheets, sample mp4s under
+    ``samples/step_NNNNNN/``, and a progress line."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.run_dir = run_dir
+        self.board = SummaryWriter(str(run_dir / "tensorboard"))
+        self.lines = open(run_dir / "metrics.jsonl", "a", buffering=1)
+
+    def _record(self, metrics: dict[str, Any]) -> None:
+        self.lines.write(json.dumps(metrics) + "\n")
         for key, value in metrics.items():
-            if key != "step":
-                board.add_scalar(key, value, metrics["step"])
+            if isinstance(value, (int, float)) and key != "step":
+                self.board.add_scalar(key, value, metrics["step"])
+
+    def step(self, metrics: dict[str, Any]) -> None:
+        self._record(metrics)
         print(
             f"step {metrics['step']}: loss {metrics['loss']:.4f}, lr {metrics['lr_temporal']:.2e} / "
             f"{metrics['lr_spatial']:.2e}, {metrics['samples_per_s']:.2f} samples/s, "
@@ -288,4 +320,23 @@ def _metrics_writer(run_dir: Path):
             flush=True,
         )
 
-    return write
+    def validation(self, step: int, losses: ValidationLosses, videos: list[tuple[str, np.ndarray]], fps: int) -> None:
+        from inference.video_files import contact_sheet, write_outputs
+
+        self._record({"step": step, "kind": "validation", "validation_loss": losses.validation_loss,
+                      "zero_prediction_loss": losses.zero_prediction_loss, "validation_ratio": losses.ratio})
+        folder = self.run_dir / "samples" / f"step_{step:06d}"
+        for clip_id, video in videos:
+            name = _file_name(clip_id)
+            write_outputs(video, fps, folder / f"{name}.mp4", sheet=folder / f"{name}.png")
+            self.board.add_image(f"samples/{name}", np.asarray(contact_sheet(video)), step, dataformats="HWC")
+        print(
+            f"validation at step {step}: loss {losses.validation_loss:.4f} against {losses.zero_prediction_loss:.4f} "
+            f"for a zero prediction ({losses.ratio:.2f}x)",
+            flush=True,
+        )
+
+
+def _file_name(clip_id: str) -> str:
+    """A clip id as a safe file name (ids hold the source's name, which may hold anything)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(clip_id))[:120] or "clip"

@@ -144,6 +144,8 @@ def _validate_release(config: Config) -> None:
         raise ConfigError("vae.kind: model.arch=release needs the sd VAE (4 latent channels)")
     if not unet.use_fps_embedding:
         raise ConfigError("unet.use_fps_embedding: model.arch=release always has the FPS embedding")
+    if config.model.image_concat:
+        raise ConfigError("model.image_concat: model.arch=release always concatenates; set it only for arch=paper")
     if unet.conv_in_temporal_heads != 8:
         raise ConfigError("unet.conv_in_temporal_heads: model.arch=release fixes it at 8")
 
@@ -173,6 +175,16 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"unet.{key}: {getattr(unet, key)} but the {vae.kind} VAE gives {latent} latent channels"
             )
+    if unet.block_out_channels[0] < unet.in_channels:
+        # conv_in maps in_channels to block_out_channels[0] per position (plus its 3x3
+        # neighbours): with fewer outputs, directions of the latent fall in its null space,
+        # the prediction cannot respond to x_t there, and sampling keeps their noise.
+        raise ConfigError(
+            f"unet.block_out_channels[0]: {unet.block_out_channels[0]} is fewer than unet.in_channels="
+            f"{unet.in_channels}; conv_in would hide part of every latent from the model"
+        )
+    if vae.scaling_factor is not None and vae.scaling_factor <= 0:
+        raise ConfigError(f"vae.scaling_factor: must be positive, got {vae.scaling_factor}")
     if vae.kind == "sd" and vae.factor != 2 ** (len(vae.block_out_channels) - 1):
         raise ConfigError(
             f"vae.factor: an sd VAE with {len(vae.block_out_channels)} levels downsamples by "
@@ -209,11 +221,20 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.zero_stage: {train.zero_stage} is not one of 0, 1, 2, 3")
     if train.micro_batch < 1 or train.workers < 1:
         raise ConfigError("train.micro_batch: and train.workers must be at least 1")
+    for key in ("checkpoint_every", "log_every", "max_steps"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")
+    if train.validate_every < 0 or train.validation_clips < 1:
+        raise ConfigError("train.validate_every: must be >= 0 (0: never) and train.validation_clips >= 1")
+    if not 0.0 <= train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {train.ema_decay}")
     off_grid = [f for f in train.fps_values if config.encode.grid_fps % f]
     if off_grid:
         raise ConfigError(
             f"encode.grid_fps: {config.encode.grid_fps} is not a multiple of train.fps_values entry {off_grid[0]}"
         )
+    if not 0.0 <= config.curation.val_fraction < 1.0:
+        raise ConfigError(f"curation.val_fraction: must lie in [0, 1), got {config.curation.val_fraction}")
     if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
         raise ConfigError("sampling.refine_from: must lie in 1..num_train_timesteps")
     for name in ("base", "refiner"):

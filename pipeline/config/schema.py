@@ -23,6 +23,10 @@ class ModelConfig:
     """
 
     arch: Literal["paper", "release"] = "paper"
+    # The paper's base sees the image latent only in frame 0's starting noise (and through
+    # the global encoder); true also concatenates it to every frame's input, as the released
+    # model does, so later frames see the image directly (tiny: see README, Learning).
+    image_concat: bool = False
 
 
 @dataclass
@@ -86,6 +90,12 @@ class VAEConfig:
     norm_num_groups: int = 32
     # A local weights path for the SD VAE (a diffusers folder or a single file).
     weights: Optional[str] = None
+    # Latents are (raw - shift_factor) * scaling_factor, so that the diffusion model sees
+    # about unit variance: the noise schedule's SNR assumes it (SD's VAE: 0.18215 from its
+    # own config when this is null; the pixel stand-in: 1.0 when null, but raw pixels in
+    # [-1, 1] have a std of about 0.35, which the tiny preset corrects).
+    scaling_factor: Optional[float] = None
+    shift_factor: float = 0.0
 
 
 @dataclass
@@ -280,6 +290,9 @@ class CurationConfig:
     max_retries: int = 1
     # Inputs per committed chunk: a killed run loses at most one chunk of work.
     chunk_size: int = 16
+    # Share of rows whose ``split`` column says "val": chosen from a hash of the row's id
+    # alone, so a row stays on its side across re-runs, resumes and other thresholds.
+    val_fraction: float = 0.05
 
 
 @dataclass
@@ -298,10 +311,19 @@ class TrainConfig:
     zero_stage: int = 2
     # bf16 on GPUs; CPUs train in fp32.
     bf16: bool = True
+    # The EMA's decay after its warm-up: update n averages with min(ema_decay, (1+n)/(10+n)),
+    # so early exports are not dominated by the initial weights.
     ema_decay: float = 0.9999
     max_steps: int = 1000
     checkpoint_every: int = 100
     log_every: int = 10
+    # Every validate_every steps (0: never) the validation loss on held-out rows (the same
+    # clips, noise and timesteps every time), the zero-prediction loss beside it, and sample
+    # videos from validation_clips first frames.
+    validate_every: int = 0
+    validation_clips: int = 2
+    # Sampler steps of the validation videos.
+    validation_sampling_steps: int = 10
     workers: int = 2
     use_gpu: bool = False
     max_failures: int = 2
@@ -323,6 +345,9 @@ class TrainConfig:
     spare_samples: int = 2
     # A SQL filter on the curated tables (e.g. "aesthetic > 6 AND motion > 0.2").
     where: Optional[str] = None
+    # SQL choosing the validation rows, which training never draws. None means
+    # "split = 'val'" when a table has a split column, else no rows are held out.
+    val_where: Optional[str] = None
     # Latents and CLIP features from `i2vgen encode`: auto uses them when every drawn row has
     # them for this stage's current encoders (the trainers then build no VAE or CLIP),
     # require fails when they do not, never always decodes and encodes the media.

@@ -6,6 +6,7 @@ engine holds only what it updates and the encoders can run once in a pre-pass.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -20,7 +21,8 @@ class StageDenoiser(nn.Module):
     """``(noisy latents, t, condition, fps) -> prediction`` for the base or the refiner.
 
     Base: ``context`` is the CLIP image embedding ``(B, 1, D)``; the global encoder's vector
-    over ``image_latent`` is added to it (paper, Sec. 3.2). Refiner: ``context`` is the CLIP
+    over ``image_latent`` is added to it (paper, Sec. 3.2); with ``model.image_concat`` the
+    image latent is also concatenated to every frame's channels. Refiner: ``context`` is the CLIP
     text tokens and there is no global encoder.
 
     ``keep_condition`` (``(B,)`` bools) replaces the context of the other rows by zeros: the
@@ -33,7 +35,10 @@ class StageDenoiser(nn.Module):
         if stage not in ("base", "refiner"):
             raise ValueError(f"stage must be 'base' or 'refiner', got {stage!r}")
         self.stage = stage
-        self.unet = UNet3D(config.unet)
+        self.concats_image = stage == "base" and config.model.image_concat
+        # With image_concat the UNet reads [x_t, image latent] per frame: twice the channels in.
+        unet_in = config.unet.in_channels * (2 if self.concats_image else 1)
+        self.unet = UNet3D(replace(config.unet, in_channels=unet_in))
         self.global_encoder = (
             GlobalEncoder(config.unet.in_channels, config.unet.cross_attention_dim, config.global_encoder)
             if stage == "base"
@@ -73,4 +78,8 @@ class StageDenoiser(nn.Module):
         image_latent: Optional[torch.Tensor] = None,
         keep_condition: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        if self.concats_image:
+            # Not dropped with the context: like the noise's frame 0, it is the task's input.
+            frames = sample.shape[2]
+            sample = torch.cat([sample, image_latent.to(sample.dtype).unsqueeze(2).expand(-1, -1, frames, -1, -1)], 1)
         return self.unet(sample, timestep, self.condition(context, image_latent, keep_condition), fps)

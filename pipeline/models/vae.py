@@ -67,20 +67,24 @@ class PixelUnshuffleAutoencoder(ImageAutoencoder):
     """Weight-free and exactly invertible: ``factor x factor`` pixel blocks become channels.
 
     The demo and tests use it in place of SD's VAE: it needs no weights, costs nothing, and
-    a decoded latent is the original image bit for bit, so errors seen downstream are the
-    diffusion model's own.
+    a decoded latent is the original image up to float rounding, so errors seen downstream
+    are the diffusion model's own. Like SD's latents, the channels are shifted and scaled
+    (``(pixels - shift) * scale``) to about unit variance: unscaled pixels in [-1, 1] have a
+    std of about 0.35, which would make every timestep's signal-to-noise ratio about a
+    tenth of the schedule's and leave the refiner's T_r = 600 input almost pure noise.
     """
 
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, scaling_factor: float = 1.0, shift_factor: float = 0.0) -> None:
         super().__init__()
         self.factor = factor
         self.latent_channels = 3 * factor * factor
+        self.scaling_factor, self.shift_factor = scaling_factor, shift_factor
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return F.pixel_unshuffle(pixels, self.factor)
+        return (F.pixel_unshuffle(pixels, self.factor) - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(latents, self.factor)
+        return F.pixel_shuffle(latents / self.scaling_factor + self.shift_factor, self.factor)
 
 
 class SDAutoencoder(ImageAutoencoder):
@@ -111,19 +115,20 @@ class SDAutoencoder(ImageAutoencoder):
                 self.model = AutoencoderKL(**{**SD_VAE_CONFIG, **shape})
             if weights is not None:  # an SD single file (VGen's VAE source), a bare VAE file, a pipeline root
                 load_into(self.model, read_sd_vae_state(weights), source=f"vae.weights ({weights})")
-        self.scaling_factor = float(self.model.config.scaling_factor)
+        self.scaling_factor = float(cfg.scaling_factor or self.model.config.scaling_factor)
+        self.shift_factor = cfg.shift_factor
         self.factor = 2 ** (len(self.model.config.block_out_channels) - 1)
 
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         posterior = self.model.encode(pixels).latent_dist
         latents = posterior.sample(generator) if generator is not None else posterior.mode()
-        return latents * self.scaling_factor
+        return (latents - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latents / self.scaling_factor).sample
+        return self.model.decode(latents / self.scaling_factor + self.shift_factor).sample
 
 
 def build_vae(cfg: VAEConfig, device: str | torch.device = "cpu") -> ImageAutoencoder:
     if cfg.kind == "pixel_unshuffle":
-        return PixelUnshuffleAutoencoder(cfg.factor)
+        return PixelUnshuffleAutoencoder(cfg.factor, cfg.scaling_factor or 1.0, cfg.shift_factor)
     return SDAutoencoder(cfg, device)
