@@ -152,21 +152,46 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
 
 
 @pytest.mark.slow
-def test_a_fixed_batch_is_overfit(data, tmp_path) -> None:
-    """train.overfit_batches=1: every step trains the same micro-batch (rows, frames, noise,
-    timesteps), so the whole stack (data, encoders, loss, DeepSpeed step) must drive the loss
-    far down."""
+def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path) -> None:
+    """train.overfit_batches=1 with one sample: every step trains the same clip (rows and
+    frames) with fresh noise and timesteps, so the stack (data, encoders, loss, DeepSpeed
+    step, EMA, export, sampler) must learn to produce that clip from any noise. Sampled from
+    the clip's first frame with a seed never used in training, the video must match it."""
+    import numpy as np
+
+    from inference.cascade import Cascade
+    from inference.request import make_request
+    from training.data import MicroBatchLoader, load_catalog, plan_micro_batch
+
     run = tmp_path / "overfit"
-    settings = ["train.overfit_batches=1", "train.frame_counts=[8]", "train.frame_weights=[1]", "train.lr=0.002",
-                "stages.base.condition_dropout=0.0", "unet.temporal_dropout=0.0"]
+    settings = ["train.overfit_batches=1", "train.micro_batch=1", "train.frame_counts=[8]", "train.frame_weights=[1]",
+                "train.fps_values=[8]", "train.fps_weights=[1]", "train.lr=0.002", "train.warmup_steps=10",
+                "stages.base.condition_dropout=0.0"]
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
-                "--max-steps", "60", "--checkpoint-every", "60", *[a for s in settings for a in ("--set", s)])
+                "--max-steps", str(OVERFIT_STEPS), "--checkpoint-every", str(OVERFIT_STEPS),
+                *[a for s in settings for a in ("--set", s)], timeout=3000)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    losses = [r["loss"] for r in _metrics(run)]
-    assert len(losses) == 60
-    # a fixed batch descends step after step, where random ones jump up and down by 2x
-    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 0.9 * (len(losses) - 1), losses
-    assert losses[-1] < 0.7 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-1]:.3f}"
+    losses = [r["loss"] for r in _metrics(run) if "loss" in r]
+    assert len(losses) == OVERFIT_STEPS
+    exported = _cli("export", str(run), "--out", str(tmp_path / "base.safetensors"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+
+    config = load_config("tiny", overrides=settings)
+    catalog = load_catalog(data, config.train.where, config.train.val_where)
+    plan = plan_micro_batch(catalog, config, 0)
+    batch = {key: np.empty(1, dtype=object) for key in plan}
+    for key, value in plan.items():
+        batch[key][0] = value
+    clip = MicroBatchLoader(catalog, config, "base")(batch)["video"][0][0]  # (F, H, W, 3) at the base size
+    cascade = Cascade.from_files(load_config("tiny"), tmp_path / "base.safetensors")
+    request = make_request(load_config("tiny"), clip[0], frames=8, fps=8, steps=20, guidance=1.0, seed=987654)
+    video = cascade.generate([request])[0]
+    mse = float(np.mean((video.astype(np.float64) - clip.astype(np.float64)) ** 2))
+    psnr = 10 * np.log10(255.0**2 / mse)
+    assert psnr >= 25.0, f"memorised clip regenerated at {psnr:.1f} dB (losses {losses[0]:.3f} -> {losses[-1]:.3f})"
+
+
+OVERFIT_STEPS = 200
 
 
 def test_stored_clips_are_read_exactly_by_seeking(data) -> None:

@@ -192,8 +192,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         samples, frames = encoded.latents.shape[0], encoded.latents.shape[2]
         fps = torch.full((samples,), int(batch["fps"][0]), device=device)
         data = diffusion_batch(model, encoded, fps, dtype, null_text)
-        if train.overfit_batches > 0:  # the same noise, timesteps and dropout for the same batch
-            generator.manual_seed(train.seed + index % train.overfit_batches)
         loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
         engine.backward(loss)
         gradient_mb = gradient_bytes(engine, optimizer) / 2**20  # before the step frees them

@@ -337,9 +337,10 @@ class TrainConfig:
     # the trainers' cores, which a small machine needs).
     cpus_per_worker: float = 1.0
     loader_cpus: float = 1.0
-    # Debugging: > 0 repeats the plan's first N micro-batches for the whole run, each with
-    # the same rows, frames, noise, timesteps and dropout, so a healthy model and optimizer
-    # must drive the loss far down (overfit).
+    # Debugging: > 0 repeats the plan's first N micro-batches for the whole run (the same
+    # rows and frames) with fresh noise, timesteps and dropout each step, so a healthy model
+    # must memorise those clips as a denoiser does: from any noise (a fixed noise would let
+    # it memorise one noise-to-clip map and hide directions it cannot see).
     overfit_batches: int = 0
     # Extra rows drawn per micro-batch to stand in for clips whose media fails to decode.
     spare_samples: int = 2
