@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,14 @@ def tiny_curated(tmp_path_factory) -> Path:
                            "--preset", "tiny", "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's entry function in this process (the same parser and commands as
+    ``python -m pipeline``, without paying the imports again for every call)."""
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

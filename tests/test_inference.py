@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_tiny_exports
+from conftest import cli_in_process, write_tiny_exports
 from inference.cascade import Cascade, from_frames, refiner_seed, refiner_steps, resize_video
 from inference.request import ImageError, RequestError, TooLargeError, decode_image, make_request
 from pipeline.cli import main
@@ -45,17 +45,17 @@ def test_cli_generates_the_requested_video_and_the_same_seed_gives_the_same_file
     common = ["generate", "--image", str(tiny_exports["image"]), "--prompt", "a red square",
               "--base", str(tiny_exports["base"]), "--refiner", str(tiny_exports["refiner"]),
               "--frames", "6", "--steps", "2", "--seed", "3"]
-    first = _cli(*common, "--out", str(tmp_path / "a.mp4"), "--gif", str(tmp_path / "a.gif"),
+    first = cli_in_process(*common, "--out", str(tmp_path / "a.mp4"), "--gif", str(tmp_path / "a.gif"),
                  "--sheet", str(tmp_path / "a.png"))
     assert first.returncode == 0, first.stderr
     frames = _read(tmp_path / "a.mp4")
     assert frames.shape == (6, 128, 224, 3)  # the tiny refiner's 224x128
     assert Image.open(tmp_path / "a.gif").n_frames == 6
     assert Image.open(tmp_path / "a.png").size[0] > 0
-    again = _cli(*common, "--out", str(tmp_path / "b.mp4"))
+    again = cli_in_process(*common, "--out", str(tmp_path / "b.mp4"))
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
-    base_only = _cli(*common[:7], *common[9:], "--sampler", "dpm++", "--out", str(tmp_path / "c.mp4"))
+    base_only = cli_in_process(*common[:7], *common[9:], "--sampler", "dpm++", "--out", str(tmp_path / "c.mp4"))
     assert base_only.returncode == 0, base_only.stderr
     assert _read(tmp_path / "c.mp4").shape == (6, 64, 112, 3)  # the base's 112x64
     spectrum = _cli("eval", "spectrum", str(tmp_path / "c.mp4"), str(tmp_path / "a.mp4"), "--out", str(tmp_path / "fig7"))

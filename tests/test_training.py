@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from conftest import cli_in_process
 from pipeline.config import load_config
 from pipeline.models.build import build_denoiser
 from pipeline.models.weights import load_into
@@ -42,7 +43,8 @@ def base_run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "base"
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
                 "--zero-stage", "2", "--max-steps", "4", "--checkpoint-every", "2",
-                "--set", "train.spatial_lr_scale=0.2")  # tiny trains at 1.0; the paper's gamma here
+                # tiny trains at gamma 1.0 after a warm-up; the paper's gamma, at a constant rate, here
+                "--set", "train.spatial_lr_scale=0.2", "--set", "train.warmup_steps=0")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run
 
@@ -217,10 +219,10 @@ def test_stored_clips_are_read_exactly_by_seeking(data) -> None:
 
 
 def test_bad_data_fails_before_any_worker_starts(data, tmp_path) -> None:
-    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(tmp_path / "r"), "--preset", "tiny",
+    proc = cli_in_process("train", "--stage", "base", "--data", str(data), "--run", str(tmp_path / "r"), "--preset", "tiny",
                 "--where", "aesthetic > 100")
     assert proc.returncode == 2 and "no kept rows" in proc.stderr
-    proc = _cli("train", "--stage", "base", "--data", str(tmp_path / "nothing"), "--run", str(tmp_path / "r2"),
+    proc = cli_in_process("train", "--stage", "base", "--data", str(tmp_path / "nothing"), "--run", str(tmp_path / "r2"),
                 "--preset", "tiny")
     assert proc.returncode == 2 and "curate" in proc.stderr
     broken = tmp_path / "broken_table"
@@ -228,5 +230,5 @@ def test_bad_data_fails_before_any_worker_starts(data, tmp_path) -> None:
     import lance
 
     lance.dataset(str(broken / "clips.lance")).drop_columns(["frame_fps"])
-    proc = _cli("train", "--stage", "base", "--data", str(broken), "--run", str(tmp_path / "r3"), "--preset", "tiny")
+    proc = cli_in_process("train", "--stage", "base", "--data", str(broken), "--run", str(tmp_path / "r3"), "--preset", "tiny")
     assert proc.returncode == 2 and "frame_fps" in proc.stderr

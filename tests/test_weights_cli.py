@@ -4,8 +4,6 @@ model, and ``export --diffusers`` read back by diffusers itself."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from checkpoint_layouts import to_ldm_vae, to_vgen
-from pipeline.cli import main
+from conftest import cli_in_process as _main
 from pipeline.config import load_config
 from pipeline.models.release_denoiser import release_unet_kwargs
 from pipeline.models.weights_check import check_folder
@@ -30,15 +28,6 @@ SD_CKPT = "v2-1_512-ema-pruned.ckpt"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=600)
-
-
-def _main(*args: str) -> subprocess.CompletedProcess:
-    """The CLI's entry function in this process (the same parser and commands as ``_cli``,
-    without paying the imports again for every call)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -118,13 +107,16 @@ def test_sd_unet_imports_into_the_spatial_layers(tmp_path) -> None:
     u = tiny.unet
     sd = _randomised(UNet2DConditionModel(
         in_channels=u.in_channels, out_channels=u.out_channels, block_out_channels=tuple(u.block_out_channels),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in u.attention_levels),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.attention_levels)),
         layers_per_block=u.layers_per_block, norm_num_groups=u.norm_num_groups, cross_attention_dim=u.cross_attention_dim,
         attention_head_dim=tuple(c // u.head_dim for c in u.block_out_channels), use_linear_projection=True,
     ), seed=3)
     sd.save_pretrained(tmp_path / "sd21" / "unet")
     out = tmp_path / "sd_base.safetensors"
-    proc = _main("weights", "import", str(tmp_path / "sd21"), "--preset", "tiny", "--out", str(out))
+    # SD 2.1's conv_in reads x_t alone: a base that concatenates the image latent does not take it
+    proc = _main("weights", "import", str(tmp_path / "sd21"), "--preset", "tiny", "--out", str(out),
+                 "--set", "model.image_concat=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "SD spatial layers" in proc.stdout
     state = load_file(str(out))

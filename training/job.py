@@ -140,7 +140,8 @@ def plot_losses(run: Path) -> Optional[Path]:
         ax.plot(v_steps, v_loss, "o-", color="tab:red", label="validation loss (fixed noise and t)")
         ax.plot(v_steps, zero, "--", color="grey", label="zero prediction, same batch")
     ax.set_xlabel("step")
-    ax.set_ylabel("v-prediction MSE")
+    target = run_config(run)[1].diffusion.prediction if (run / CONFIG_FILE).exists() else "v"
+    ax.set_ylabel({"v": "v-prediction", "epsilon": "noise-prediction", "sample": "x0-prediction"}[target] + " MSE")
     ax.legend()
     fig.savefig(run / "loss.png", dpi=100, bbox_inches="tight")
     plt.close(fig)

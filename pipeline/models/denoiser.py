@@ -78,6 +78,8 @@ class StageDenoiser(nn.Module):
         image_latent: Optional[torch.Tensor] = None,
         keep_condition: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        if self.stage == "base" and image_latent is None:
+            raise ValueError("the base stage needs image_latent for its global encoder")
         if self.concats_image:
             # Not dropped with the context: like the noise's frame 0, it is the task's input.
             frames = sample.shape[2]

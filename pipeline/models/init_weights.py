@@ -43,9 +43,15 @@ def initialise(model: Denoiser, path: str | Path, source: str = "") -> str:
 
 
 def _from_export(model: Denoiser, path: Path, source: str) -> str:
-    """Every UNet weight must fit; the base's global encoder loads when the file has one."""
+    """Every UNet weight must fit; the base's global encoder loads when the file has one.
+
+    A base trained with ``model.image_concat`` reads [x_t, image latent] in ``conv_in``; a
+    refiner started from it reads x_t alone, so it takes the x_t half of that kernel."""
     state = read_state_dict(path)
     unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    wanted = model.unet.conv_in.weight.shape[1]
+    if "conv_in.weight" in unet and unet["conv_in.weight"].shape[1] == 2 * wanted:
+        unet["conv_in.weight"] = unet["conv_in.weight"][:, :wanted].contiguous()
     load_into(model.unet, unet, source)
     encoder = {k[len("global_encoder."):]: v for k, v in state.items() if k.startswith("global_encoder.")}
     if getattr(model, "global_encoder", None) is not None and encoder:
