@@ -2,8 +2,10 @@
 
 Build the stage's denoiser and a DeepSpeed engine around it (frozen CLIP and VAE stay
 outside), restore the last checkpoint if Ray hands one over, then for each micro-batch of
-this worker's dataset shard: encode, diffusion loss, backward, step, EMA. Every
-``checkpoint_every`` steps all ranks save their DeepSpeed shards and report them together.
+this worker's dataset shard: encode, diffusion loss, backward, step, EMA. A fresh run first
+exports its step-0 weights; every ``validate_every`` steps all ranks validate on held-out
+clips (``training.validation``); every ``checkpoint_every`` steps all ranks save their
+DeepSpeed shards and report them together.
 """
 
 from __future__ import annotations
