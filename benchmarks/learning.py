@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# benchmarks/curation.py and training.py share their names with packages this script imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 RESULTS = Path(__file__).parent / "results" / "learning.json"
 TRAIN_KINDS = ("pan", "moving_shape", "static", "texture")
@@ -97,7 +101,7 @@ def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dic
         optimizer.step()
         rates.step()
         ema.update(model, step)
-        losses.append(float(loss))
+        losses.append(loss.item())
     seconds = time.perf_counter() - start
 
     def score(state: dict[str, torch.Tensor]) -> dict[str, float]:
