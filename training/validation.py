@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -121,7 +122,7 @@ class Validator:
             module.train()
 
     @torch.no_grad()
-    def samples(self, engine: torch.nn.Module) -> list[tuple[str, "np.ndarray"]]:
+    def samples(self, engine: torch.nn.Module) -> list[tuple[str, np.ndarray]]:
         """``(clip_id, uint8 (F, H, W, 3) video)`` per validation clip, sampled with the
         current weights at ``train.validation_sampling_steps``."""
         from inference.cascade import Cascade
