@@ -23,14 +23,13 @@ from evaluation.metrics import (
     motion_agreement,
 )
 from evaluation.page import write_page
-from inference.cascade import Cascade, Video, from_frames
+from inference.cascade import Cascade, Video
 from inference.request import GenerationRequest, RequestError, make_request
 from inference.video_files import contact_sheet, write_outputs
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from training.heldout import HeldoutClip, heldout_clips
-from training.loop import encode_media, diffusion_batch
-from training.validation import ValidationLosses, validation_losses
+from training.validation import ValidationLosses, clips_batch, validation_losses
 
 # The means eval.json reports, in the order its table shows them. dynamic_degree is the
 # share of clips whose generated video moves (per clip: 0 or 1).
@@ -123,10 +122,7 @@ def base_validation_losses(
     null_text = cascade.clip.encode_text([""]) if model.text_conditioned else None
     losses = []
     for i, clip in enumerate(heldout):
-        with torch.no_grad():
-            pixels = from_frames([clip.frames]).to(cascade.device)
-            encoded = encode_media(model, cascade.clip, cascade.vae, pixels, [clip.caption])
-        batch = diffusion_batch(model, encoded, torch.full((1,), fps, device=cascade.device), cascade.dtype, null_text)
+        batch = clips_batch(model, cascade.clip, cascade.vae, [clip], fps, cascade.dtype, null_text)
         losses.append(validation_losses(model, cascade.schedule, batch, cascade.config, seed=seed + i))
     return losses
 

@@ -72,6 +72,21 @@ def validation_losses(
     return ValidationLosses(sum(losses) / len(losses), sum(zero_losses) / len(zero_losses))
 
 
+@torch.no_grad()
+def clips_batch(model: torch.nn.Module, encoders, vae, clips: list, fps: int, dtype: torch.dtype,
+                null_text: torch.Tensor | None = None) -> DiffusionBatch:
+    """Held-out clips (``training.heldout.HeldoutClip``) encoded for ``model``'s stage as the
+    trainer encodes a micro-batch: what the validation loss of training and of
+    ``i2vgen eval`` is taken on."""
+    from inference.cascade import from_frames
+    from training.loop import diffusion_batch, encode_media
+
+    device = next(model.parameters()).device
+    pixels = from_frames([c.frames for c in clips]).to(device)
+    encoded = encode_media(model, encoders, vae, pixels, [c.caption or "" for c in clips])
+    return diffusion_batch(model, encoded, torch.full((len(clips),), fps, device=device), dtype, null_text)
+
+
 def default_val_where(config: Config) -> str:
     """The validation rows: ``train.val_where``, or curation's deterministic split."""
     return config.train.val_where or VAL_ROWS
@@ -101,23 +116,15 @@ class Validator:
         )
         self._cascade = None
 
-    def batch(self, model: torch.nn.Module) -> DiffusionBatch:
-        """The validation clips encoded for ``model``'s stage (the same every call)."""
-        from training.loop import diffusion_batch, encode_media
-
-        pixels = torch.stack([torch.from_numpy(c.frames) for c in self.clips]).permute(0, 4, 1, 2, 3)
-        pixels = pixels.to(self.device).float() / 127.5 - 1
-        encoded = encode_media(model, self.encoders, self.vae, pixels, [c.caption or "" for c in self.clips])
-        fps = torch.full((len(self.clips),), self.config.sampling.fps, device=self.device)
-        return diffusion_batch(model, encoded, fps, self.dtype, self.null_text)
-
     @torch.no_grad()
     def losses(self, engine: torch.nn.Module) -> ValidationLosses:
         """The validation and zero-prediction losses of the engine's current weights."""
         module = getattr(engine, "module", engine)
         module.eval()
         try:
-            return validation_losses(engine, self.schedule, self.batch(module), self.config, seed=self.config.train.seed)
+            batch = clips_batch(module, self.encoders, self.vae, self.clips, self.config.sampling.fps, self.dtype,
+                                self.null_text)
+            return validation_losses(engine, self.schedule, batch, self.config, seed=self.config.train.seed)
         finally:
             module.train()
 
