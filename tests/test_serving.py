@@ -33,14 +33,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_exports):
+def server(ray_local, tiny_exports, tmp_path_factory):
     from ray import serve
 
     from inference.serving.app import compose
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = compose(load_config("tiny", overrides=SERVING), str(tiny_exports["base"]), str(tiny_exports["refiner"]))
+    config = load_config("tiny", overrides=[*SERVING, f"serving.results_dir={tmp_path_factory.mktemp('results')}"])
+    app = compose(config, str(tiny_exports["base"]), str(tiny_exports["refiner"]))
     serve.run(app, name="i2vgen-test", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

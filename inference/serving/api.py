@@ -1,25 +1,27 @@
-"""The HTTP API (FastAPI, as the Serve ingress): submit, poll, fetch, or generate in one call.
+"""The HTTP API (FastAPI, as the Serve ingress): submit, poll, fetch, cancel, or generate in
+one call.
 
+The ingress holds no job state: it validates, stores the request in the results location,
+and asks the job store to admit it; a replica of it can die at any time and no job notices.
 Every refusal leaves the server as it was: a body that is not an image is 400, too many
 bytes or pixels 413, a parameter out of bounds 422 naming the field (FastAPI's own error
-shape), and a full queue 503 with Retry-After. Routes are documented at ``/docs`` and in
-``/openapi.json``.
+shape), and a full queue 503 with Retry-After. A synchronous request that runs past
+``serving.sync_timeout_s`` gets 504, and one whose client hangs up is cancelled: both free
+their slot. Routes are documented at ``/docs`` and in ``/openapi.json``.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures at runtime,
 # and Serve's ingress wrapper moves them where string annotations no longer resolve.
 import asyncio
-import uuid
 from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from inference.request import GenerationRequest, ImageError, RequestError, TooLargeError, decode_image, make_request
-from inference.serving.jobs import JobStore
-from inference.video_files import mp4_bytes
+from inference.serving.results import JOB_ID, ResultsLocation, new_job_id, request_parameters
 from pipeline.config.schema import Config
 
 api = FastAPI(
@@ -83,74 +85,76 @@ class VideoForm:
 @serve.deployment(name="VideoAPI", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class VideoAPI:
-    def __init__(
-        self, base: DeploymentHandle, refiner: Optional[DeploymentHandle], config: Config, store_name: str
-    ) -> None:
-        self.base, self.refiner, self.config = base, refiner, config
-        limits = config.serving
-        _upload_limit["bytes"] = limits.max_upload_bytes
-        self.store = JobStore.options(name=store_name, get_if_exists=True).remote(
-            limits.max_pending_jobs, limits.keep_finished_jobs
-        )
-        self.tasks: set[asyncio.Task] = set()
+    def __init__(self, store: DeploymentHandle, config: Config, results_uri: str, refined: bool) -> None:
+        self.store, self.config, self.refined = store, config, refined
+        self.results = ResultsLocation(results_uri)
+        _upload_limit["bytes"] = config.serving.max_upload_bytes
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "preset": self.config.preset,
-            "stages": ["base", "refiner"] if self.refiner is not None else ["base"],
+            "stages": ["base", "refiner"] if self.refined else ["base"],
             "pending_jobs": await self.store.pending.remote(),
         }
 
     @api.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        """Job counts and the batch sizes the stage replica that answers has run."""
-        out = {"jobs": await self.store.counts.remote(), "base": await self.base.stats.remote()}
-        if self.refiner is not None:
-            out["refiner"] = await self.refiner.stats.remote()
-        return out
+        """Job counts, outcomes, and the batches each stage ran, summed over its replicas."""
+        return await self.store.stats.remote()
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> str:
+        """The same figures in Prometheus' text format: queue, batch sizes, latencies, outcomes."""
+        return await self.store.prometheus.remote()
 
     @api.post("/v1/videos", status_code=202)
     async def submit(self, form: VideoForm = Depends()):
         """Queue a video; poll ``GET /v1/videos/{id}``, then fetch ``/content``."""
-        request = await self._request(form)
-        job_id = await self._admit(request)
-        task = asyncio.create_task(self._run_job(job_id, request, keep=True))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        job_id = await self._submit(await self._request(form))
         return {"id": job_id, "status": "queued", "status_url": f"/v1/videos/{job_id}",
                 "content_url": f"/v1/videos/{job_id}/content"}
 
     @api.get("/v1/videos/{job_id}")
     async def job_status(self, job_id: str) -> dict[str, Any]:
-        job = await self.store.status.remote(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id!r} (unknown, or forgotten after keep_finished_jobs)")
-        return job
+        return await self._job(job_id)
+
+    @api.delete("/v1/videos/{job_id}")
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel an unfinished job (it then reads ``cancelled``), or delete a finished one
+        and its video."""
+        self._check_id(job_id)
+        record = await self.store.delete.remote(job_id)
+        if record is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return record
 
     @api.get("/v1/videos/{job_id}/content")
     async def job_content(self, job_id: str) -> Response:
-        job = await self.store.status.remote(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id!r}")
-        if job["status"] != "succeeded":
-            raise HTTPException(409, f"job {job_id} is {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-        video = await self.store.video.remote(job_id)
-        if video is None:
-            raise HTTPException(404, f"job {job_id} was synchronous; its video was returned then")
-        return Response(video, media_type="video/mp4")
+        return await self._video(await self._job(job_id))
 
     @api.post("/v1/generate", response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
     async def generate(self, form: VideoForm = Depends()):
-        """Generate and answer with the mp4 itself: for short jobs (the connection stays open)."""
-        request = await self._request(form)
-        job_id = await self._admit(request)
-        video = await self._run_job(job_id, request, keep=False)
-        if video is None:
-            job = await self.store.status.remote(job_id)
-            raise HTTPException(500, f"generation failed: {job['error'] if job else 'unknown error'}")
-        return Response(video, media_type="video/mp4", headers={"X-Job-Id": job_id})
+        """Generate and answer with the mp4 itself: for short jobs (the connection stays open,
+        up to ``serving.sync_timeout_s``; a client that hangs up cancels its job)."""
+        job_id = await self._submit(await self._request(form))
+        timeout = self.config.serving.sync_timeout_s
+        try:
+            record = await asyncio.wait_for(self._wait(job_id), timeout)
+        except asyncio.TimeoutError:
+            await self.store.cancel.remote(job_id, "failed", f"timed out after {timeout:g} s (serving.sync_timeout_s)")
+            raise HTTPException(504, f"job {job_id} took longer than {timeout:g} s; it was cancelled. "
+                                     "POST /v1/videos queues a job without a time limit.") from None
+        except asyncio.CancelledError:  # the client hung up: free its slot, then let Serve unwind
+            self.store.cancel.remote(job_id, "cancelled", "the client disconnected")
+            raise
+        if record["status"] != "succeeded":
+            raise HTTPException(500, f"job {job_id} {record['status']}: {record['error']}")
+        return await self._video(record, headers={"X-Job-Id": job_id})
+
+    async def _wait(self, job_id: str) -> dict[str, Any]:
+        return await self.store.wait.remote(job_id)
 
     async def _request(self, form: VideoForm) -> GenerationRequest:
         """A validated request; the exception handlers above turn refusals into 4xx."""
@@ -160,10 +164,12 @@ class VideoAPI:
         return make_request(self.config, pixels, form.prompt, form.frames, form.fps, form.steps, form.guidance,
                             form.sampler, form.seed)
 
-    async def _admit(self, request: GenerationRequest) -> str:
-        job_id = uuid.uuid4().hex
-        parameters = {k: getattr(request, k) for k in ("prompt", "frames", "fps", "steps", "guidance", "sampler", "seed")}
-        if not await self.store.admit.remote(job_id, self.refiner is not None, parameters):
+    async def _submit(self, request: GenerationRequest) -> str:
+        """Store the request, then have the job store admit it (or refuse: 503)."""
+        job_id = new_job_id()
+        await asyncio.to_thread(self.results.save_request, job_id, request)
+        if await self.store.submit.remote(job_id, self.refined, request_parameters(request)) is None:
+            await asyncio.to_thread(self.results.forget, job_id)
             limits = self.config.serving
             raise HTTPException(
                 503, f"{limits.max_pending_jobs} jobs are pending; try again later",
@@ -171,15 +177,24 @@ class VideoAPI:
             )
         return job_id
 
-    async def _run_job(self, job_id: str, request: GenerationRequest, keep: bool) -> Optional[bytes]:
-        """Base, then refiner, then the mp4; the job store hears how it ended."""
-        try:
-            video = await self.base.generate.remote(job_id, request)
-            if self.refiner is not None:
-                video = await self.refiner.generate.remote(job_id, request, video)
-            mp4 = await asyncio.to_thread(mp4_bytes, video, request.fps, self.config.serving.crf)
-        except Exception as err:  # reported to the client through the job, not raised into Serve
-            await self.store.finish.remote(job_id, error=f"{type(err).__name__}: {err}")
-            return None
-        await self.store.finish.remote(job_id, mp4 if keep else None)
-        return mp4
+    def _check_id(self, job_id: str) -> None:
+        if not JOB_ID.match(job_id):
+            raise HTTPException(404, f"no job {job_id!r}: job ids are 32 hexadecimal digits")
+
+    async def _job(self, job_id: str) -> dict[str, Any]:
+        self._check_id(job_id)
+        record = await self.store.status.remote(job_id)
+        if record is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or forgotten after keep_finished_jobs/_s)")
+        return record
+
+    async def _video(self, record: dict[str, Any], headers: Optional[dict[str, str]] = None) -> Response:
+        """The job's mp4 from the results location; a job that is not done says why."""
+        job_id = record["id"]
+        if record["status"] != "succeeded":
+            reason = f": {record['error']}" if record["error"] else ""
+            raise HTTPException(409, f"job {job_id} is {record['status']}{reason}")
+        video = await asyncio.to_thread(self.results.video, job_id)
+        if video is None:  # forgotten between the status and the read
+            raise HTTPException(410, f"job {job_id} finished, but its video has since been deleted or expired")
+        return Response(video, media_type="video/mp4", headers=headers)

@@ -9,7 +9,7 @@ so one ``--set serving.refiner.num_gpus=1`` moves the refiner onto a GPU.
 
 from __future__ import annotations
 
-import uuid
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ray import serve
@@ -17,6 +17,7 @@ from ray.serve import Application
 
 from inference.serving.api import VideoAPI
 from inference.serving.stages import BaseStage, RefinerStage
+from inference.serving.store import JobStore
 from pipeline.config.loader import ConfigError, load_config
 from pipeline.config.schema import Config, DeploymentConfig
 from pipeline.ray_runtime import init_ray
@@ -42,17 +43,27 @@ def deployment_options(deployment: DeploymentConfig) -> dict[str, Any]:
     return options
 
 
+def results_uri(config: Config) -> str:
+    """``serving.results_dir`` as every replica will see it: a relative folder is taken from
+    where the application is built, not from each worker's own directory."""
+    location = config.serving.results_dir
+    return location if "://" in location else str(Path(location).expanduser().resolve())
+
+
 def compose(config: Config, base: str, refiner: Optional[str]) -> Application:
-    """Ingress -> base -> refiner, all sharing one job store."""
-    store_name = f"{APP_NAME}-jobs-{uuid.uuid4().hex[:8]}"
-    base_app = BaseStage.options(**deployment_options(config.serving.base)).bind(config, base, store_name)
+    """Ingress -> job store -> base -> refiner; the last stage writes the mp4s."""
+    results = results_uri(config)
+    base_app = BaseStage.options(**deployment_options(config.serving.base)).bind(
+        config, base, results, refiner is None
+    )
     refiner_app = (
         None if refiner is None
-        else RefinerStage.options(**deployment_options(config.serving.refiner)).bind(config, refiner, store_name)
+        else RefinerStage.options(**deployment_options(config.serving.refiner)).bind(config, refiner, results, True)
     )
-    # The ingress holds a sync request open for its whole generation, so it admits as many as may be pending.
-    ingress = VideoAPI.options(max_ongoing_requests=config.serving.max_pending_jobs + 32)
-    return ingress.bind(base_app, refiner_app, config, store_name)
+    # Every pending job may hold one ``wait`` (a synchronous request) besides the short calls.
+    calls = 2 * config.serving.max_pending_jobs + 64
+    store = JobStore.options(max_ongoing_requests=calls).bind(config, results, base_app, refiner_app)
+    return VideoAPI.options(max_ongoing_requests=calls).bind(store, config, results, refiner is not None)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -1,77 +1,108 @@
-"""The job store: what every video request is doing, and the bound on how many may wait.
+"""The job table: what every video request is doing, the bound on how many may wait, and
+which finished jobs to forget.
 
-One Ray actor per application, shared by the ingress replicas (which admit jobs and read
-them) and the stage replicas (which report progress step by step). Admission is where
-overload is refused: past ``max_pending`` unfinished jobs, ``admit`` says no and the
-client gets 503 with Retry-After, so the backlog never grows without bound.
+Plain bookkeeping with no Ray in it, so that its rules are unit-tested directly; the job
+store (``store.py``) owns one and persists its records. Admission is where overload is
+refused: past ``max_pending`` unfinished jobs, ``admit`` says no and the client gets 503
+with Retry-After. Finished jobs are forgotten in the order they *finished*, past
+``keep_finished`` of them or ``keep_finished_s`` after finishing, whichever comes first.
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from typing import Any, Optional
-
-import ray
 
 # Share of a job's progress bar each stage fills; the rest is writing the mp4.
 _SPANS = {True: {"base": (0.0, 0.45), "refiner": (0.45, 0.95)}, False: {"base": (0.0, 0.95)}}
 UNFINISHED = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
-@ray.remote(num_cpus=0)
-class JobStore:
-    def __init__(self, max_pending: int, keep_finished: int) -> None:
+class JobTable:
+    def __init__(self, max_pending: int, keep_finished: int, keep_finished_s: float) -> None:
         self.max_pending = max_pending
         self.keep_finished = keep_finished
-        self.jobs: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.content: dict[str, bytes] = {}
+        self.keep_finished_s = keep_finished_s
+        self.unfinished: dict[str, dict[str, Any]] = {}
+        # Finished jobs in the order they finished: the front is the first to forget.
+        self.finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def admit(self, job_id: str, refined: bool, parameters: dict[str, Any]) -> bool:
-        """Record a new job, or refuse it when ``max_pending`` jobs are unfinished."""
-        if self.pending() >= self.max_pending:
-            return False
-        self.jobs[job_id] = {
+    def admit(self, job_id: str, refined: bool, parameters: dict[str, Any], now: float) -> Optional[dict[str, Any]]:
+        """A new queued job's record, or None when ``max_pending`` jobs are unfinished."""
+        if len(self.unfinished) >= self.max_pending:
+            return None
+        record = {
             "id": job_id, "status": "queued", "stage": None, "progress": 0.0, "refined": refined,
-            "parameters": parameters, "created": time.time(), "finished": None, "error": None,
+            "parameters": parameters, "created": now, "heartbeat": now, "finished": None,
+            "attempts": 0, "error": None,
         }
-        return True
+        self.unfinished[job_id] = record
+        return record
 
-    def progress(self, job_ids: list[str], stage: str, fraction: float) -> None:
+    def restore(self, record: dict[str, Any]) -> None:
+        """Take back a stored record (after a restart), whatever the bound: it was admitted."""
+        if record["status"] in UNFINISHED:
+            self.unfinished[record["id"]] = record
+        else:
+            self.finished[record["id"]] = record
+            self.finished = OrderedDict(sorted(self.finished.items(), key=lambda item: item[1]["finished"] or 0.0))
+
+    def get(self, job_id: str) -> Optional[dict[str, Any]]:
+        return self.unfinished.get(job_id) or self.finished.get(job_id)
+
+    def start_attempt(self, job_id: str, now: float) -> dict[str, Any]:
+        record = self.unfinished[job_id]
+        record.update(status="queued", stage=None, progress=0.0, heartbeat=now, attempts=record["attempts"] + 1)
+        return record
+
+    def progress(self, job_ids: list[str], stage: str, fraction: float, now: float) -> None:
+        """A stage's step report: the job runs, its bar moves, and its heartbeat is fresh."""
         for job_id in job_ids:
-            job = self.jobs.get(job_id)
-            if job is None or job["status"] not in UNFINISHED:
+            record = self.unfinished.get(job_id)
+            if record is None:
                 continue
-            low, high = _SPANS[job["refined"]].get(stage, (0.0, 0.95))
-            job.update(status="running", stage=stage, progress=round(low + (high - low) * fraction, 4))
+            low, high = _SPANS[record["refined"]].get(stage, (0.0, 0.95))
+            record.update(status="running", stage=stage, progress=round(low + (high - low) * fraction, 4),
+                          heartbeat=now)
 
-    def finish(self, job_id: str, mp4: Optional[bytes] = None, error: Optional[str] = None) -> None:
-        """Mark a job done; keep its mp4 (when asked to) for GET, forgetting the oldest."""
-        job = self.jobs.get(job_id)
-        if job is None:
-            return
-        job.update(status="failed" if error else "succeeded", stage=None, error=error, finished=time.time())
-        if error is None:
-            job["progress"] = 1.0
-        if mp4 is not None:
-            self.content[job_id] = mp4
-            job["bytes"] = len(mp4)
-        finished = [k for k, j in self.jobs.items() if j["status"] not in UNFINISHED]
-        for old in finished[: max(0, len(finished) - self.keep_finished)]:
-            self.jobs.pop(old)
-            self.content.pop(old, None)
+    def finish(self, job_id: str, status: str, now: float, error: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """Move an unfinished job to ``status``; None if it had already finished."""
+        if status not in FINISHED:
+            raise ValueError(f"not a final status: {status!r}")
+        record = self.unfinished.pop(job_id, None)
+        if record is None:
+            return None
+        record.update(status=status, stage=None, error=error, finished=now)
+        if status == "succeeded":
+            record["progress"] = 1.0
+        self.finished[job_id] = record
+        return record
 
-    def status(self, job_id: str) -> Optional[dict[str, Any]]:
-        return self.jobs.get(job_id)
+    def forget(self, job_id: str) -> Optional[dict[str, Any]]:
+        return self.finished.pop(job_id, None)
 
-    def video(self, job_id: str) -> Optional[bytes]:
-        return self.content.get(job_id)
+    def expired(self, now: float) -> list[str]:
+        """Finished jobs to forget now, first-finished first: over the count, or too old."""
+        over = max(0, len(self.finished) - self.keep_finished)
+        out = []
+        for i, (job_id, record) in enumerate(self.finished.items()):
+            if i < over or now - record["finished"] > self.keep_finished_s:
+                out.append(job_id)
+            else:
+                break  # finish order: everything after this one is younger
+        return out
+
+    def stalled(self, now: float, timeout_s: float) -> list[str]:
+        """Running jobs whose stage has reported nothing for ``timeout_s``."""
+        return [job_id for job_id, record in self.unfinished.items()
+                if record["status"] == "running" and now - record["heartbeat"] > timeout_s]
 
     def pending(self) -> int:
-        return sum(j["status"] in UNFINISHED for j in self.jobs.values())
+        return len(self.unfinished)
 
     def counts(self) -> dict[str, int]:
-        counts = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0}
-        for job in self.jobs.values():
-            counts[job["status"]] += 1
+        counts = dict.fromkeys(UNFINISHED + FINISHED, 0)
+        for record in (*self.unfinished.values(), *self.finished.values()):
+            counts[record["status"]] += 1
         return counts

@@ -1,24 +1,31 @@
 """The base and the refiner as two Serve deployments, each batching its requests.
 
-They are separate so each gets its own replicas, GPUs and autoscaling: the base is cheap
-at 448x256, the refiner at 1280x720 needs the big cards. ``@serve.batch`` gathers the
-requests that arrive within ``batch_wait_timeout_s`` (up to ``max_batch_size``); the
-cascade runs those with the same shape as one batch. The model runs in a worker thread so
-the replica keeps accepting requests (and answering health checks) meanwhile.
+They are separate so each gets its own replicas, GPUs and autoscaling (the base is cheap at
+448x256, the refiner at 1280x720 needs the big cards), and so they work as a pipeline: the
+refiner runs batch k while the base runs batch k+1. A call names a job; the stage reads the
+job's request from the results location, and the last stage writes the job's mp4 there,
+so neither requests nor videos pass through the job store.
+
+``@serve.batch`` gathers the requests waiting at the replica (up to ``max_batch_size``,
+waiting at most ``batch_wait_timeout_s`` for more); the cascade runs those with the same
+shape as one batch. The model runs in a worker thread so the replica keeps accepting
+requests (and answering health checks) meanwhile. Each step and each batch is reported to
+the job store: the steps are the jobs' heartbeat, the batches its statistics.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from typing import Any, Optional
+import time
+from typing import Optional
 
-import ray
 import torch
 from ray import serve
 
 from inference.cascade import Cascade, OnStep, Video
 from inference.request import GenerationRequest
+from inference.serving.results import ResultsLocation
+from inference.video_files import mp4_bytes
 from pipeline.config.schema import Config, DeploymentConfig
 
 
@@ -30,45 +37,53 @@ def device_and_dtype(deployment: DeploymentConfig) -> tuple[str, torch.dtype]:
 
 
 class _StageReplica:
-    """What both stage deployments share: loading the stage, batching settings, progress
-    reports and batch counts."""
+    """What both stage deployments share: loading the stage and the requests, batching,
+    reports to the job store, and (for the last stage) writing the mp4."""
 
     stage: str  # "base" or "refiner"
 
-    def __init__(self, config: Config, weights: str, store_name: str) -> None:
+    def __init__(self, config: Config, weights: str, results_uri: str, last: bool) -> None:
         deployment: DeploymentConfig = getattr(config.serving, self.stage)
         device, dtype = device_and_dtype(deployment)
         self.cascade = Cascade.from_files(config, **{self.stage: weights}, device=device, dtype=dtype)
-        self.store_name = store_name
-        self.max_batch_size = deployment.max_batch_size
-        self.batch_sizes: Counter[int] = Counter()
-        self.generate.set_max_batch_size(deployment.max_batch_size)  # type: ignore[attr-defined]
-        self.generate.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self.results = ResultsLocation(results_uri)
+        self.last, self.crf = last, config.serving.crf
+        self.store = serve.get_deployment_handle("JobStore", serve.get_replica_context().app_name)
+        self._batched.set_max_batch_size(deployment.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
-    def _record(self, batch: int) -> None:
-        self.batch_sizes[batch] += 1
+    async def generate(self, job_id: str, video: Optional[Video] = None) -> Video | int:
+        """The job's video from this stage; the last stage stores the mp4 and answers its size."""
+        request = await asyncio.to_thread(self.results.load_request, job_id)
+        out = await self._batched(job_id, request, video)
+        if not self.last:
+            return out
+        mp4 = await asyncio.to_thread(mp4_bytes, out, request.fps, self.crf)
+        await asyncio.to_thread(self.results.save_video, job_id, mp4)
+        return len(mp4)
 
-    def _reporter(self, job_ids: list[str]) -> Optional[OnStep]:
-        """Step-by-step progress to the job store, fire-and-forget (a lost report costs
-        nothing but a stale progress bar)."""
-        try:
-            store = ray.get_actor(self.store_name)
-        except ValueError:
-            return None
+    @serve.batch
+    async def _batched(
+        self, job_ids: list[str], requests: list[GenerationRequest], videos: list[Optional[Video]]
+    ) -> list[Video]:
+        start = time.perf_counter()
+        out = await asyncio.to_thread(self._run, requests, videos, self._reporter(job_ids))
+        self.store.record_batch.remote(self.stage, len(requests), time.perf_counter() - start)
+        return out
+
+    def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
+        raise NotImplementedError
+
+    def _reporter(self, job_ids: list[str]) -> OnStep:
+        """Step-by-step progress to the job store, fire-and-forget from the model's thread
+        (a lost report costs a stale progress bar; many lost ones, a stalled-job verdict)."""
+        loop = asyncio.get_running_loop()
 
         def report(stage: str, rows: list[int], done: int, total: int) -> None:
-            store.progress.remote([job_ids[i] for i in rows], stage, done / total)
+            ids = [job_ids[i] for i in rows]
+            loop.call_soon_threadsafe(lambda: self.store.progress.remote(ids, stage, done / total))
 
         return report
-
-    def stats(self) -> dict[str, Any]:
-        """Batches this replica ran, by size: how much the batching is paying off."""
-        return {
-            "batches": sum(self.batch_sizes.values()),
-            "requests": sum(size * n for size, n in self.batch_sizes.items()),
-            "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
-            "max_batch_size": self.max_batch_size,
-        }
 
 
 @serve.deployment(name="BaseStage")
@@ -77,10 +92,8 @@ class BaseStage(_StageReplica):
 
     stage = "base"
 
-    @serve.batch
-    async def generate(self, job_ids: list[str], requests: list[GenerationRequest]) -> list[Video]:
-        self._record(len(requests))
-        return await asyncio.to_thread(self.cascade.run_base, requests, self._reporter(job_ids))
+    def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
+        return self.cascade.run_base(requests, on_step)
 
 
 @serve.deployment(name="RefinerStage")
@@ -89,9 +102,5 @@ class RefinerStage(_StageReplica):
 
     stage = "refiner"
 
-    @serve.batch
-    async def generate(
-        self, job_ids: list[str], requests: list[GenerationRequest], videos: list[Video]
-    ) -> list[Video]:
-        self._record(len(requests))
-        return await asyncio.to_thread(self.cascade.run_refiner, videos, requests, self._reporter(job_ids))
+    def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
+        return self.cascade.run_refiner(videos, requests, on_step)

@@ -243,6 +243,15 @@ def validate(config: Config) -> None:
             raise ConfigError(f"serving.{name}.max_replicas: needs 0 <= min_replicas <= max_replicas, max >= 1")
         if deployment.max_batch_size < 1:
             raise ConfigError(f"serving.{name}.max_batch_size: must be at least 1")
+    serving = config.serving
+    for key in ("max_pending_jobs", "keep_finished_jobs", "job_attempts", "retry_after_s"):
+        if getattr(serving, key) < 1:
+            raise ConfigError(f"serving.{key}: must be at least 1, got {getattr(serving, key)}")
+    for key in ("keep_finished_s", "stalled_job_s", "sync_timeout_s"):
+        if not getattr(serving, key) > 0:
+            raise ConfigError(f"serving.{key}: must be positive, got {getattr(serving, key)}")
+    if not serving.results_dir:
+        raise ConfigError("serving.results_dir: must name a folder or a URI")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

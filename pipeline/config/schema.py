@@ -190,8 +190,19 @@ class ServingConfig:
     # Jobs admitted but unfinished, over both routes; one more gets 503 with Retry-After.
     max_pending_jobs: int = 32
     retry_after_s: int = 30
-    # Finished jobs (and their mp4s) kept for GET; the oldest are forgotten first.
+    # Finished jobs (and their mp4s) kept for GET, up to this many and this long after
+    # finishing; the first to finish are forgotten first.
     keep_finished_jobs: int = 256
+    keep_finished_s: float = 24 * 3600.0
+    # Where requests, job records and mp4s are kept (a local folder, or s3://... that every
+    # node reaches); a restarted application serves what it finds here.
+    results_dir: str = "i2vgen-results"
+    # Tries per job when its worker (a stage replica, a node) is lost; then it fails.
+    job_attempts: int = 2
+    # A running job whose stage reports no step for this long is failed.
+    stalled_job_s: float = 600.0
+    # POST /v1/generate answers 504 (and cancels the job) past this.
+    sync_timeout_s: float = 600.0
     # Rate and quality of the served mp4.
     crf: int = 18
 

@@ -1,0 +1,198 @@
+"""The job store: one Serve deployment that admits, drives, cancels and forgets jobs.
+
+It is the only place job state changes, and every change is written to the results
+location before it counts, so:
+- losing an HTTP replica loses nothing: the ingress only submits and reads, and the work
+  that drives a job (base, then refiner) runs here;
+- losing this replica loses nothing either: Serve starts a new one, which reads the stored
+  records back, and drives again the jobs that had not finished (each job gets
+  ``serving.job_attempts`` tries, then fails with the reason);
+- a stage replica that dies mid-batch fails its jobs' calls with a worker-lost error: they
+  are retried the same way, while an error the stage raised fails the job with its message;
+- a running job whose stage reports no step for ``serving.stalled_job_s`` is failed, so no
+  job stays "running" forever, and a cancelled one frees its slot at once.
+
+Media never pass through here: the base's output goes to the refiner as an object
+reference, and the last stage writes the mp4 to the results location itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from ray import serve
+from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from inference.serving.jobs import JobTable
+from inference.serving.metrics import ServingMetrics
+from inference.serving.results import ResultsLocation
+from pipeline.config.schema import Config
+
+log = logging.getLogger("ray.serve")
+
+# A process or its node went away, not the request's fault: worth another attempt.
+WORKER_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError, OutOfMemoryError)
+
+
+def short_error(err: BaseException) -> str:
+    """The error's type and first line, for the client: no remote traceback, no addresses."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+@serve.deployment(name="JobStore", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class JobStore:
+    async def __init__(
+        self, config: Config, results_uri: str, base: DeploymentHandle, refiner: Optional[DeploymentHandle]
+    ) -> None:
+        limits = config.serving
+        self.base, self.refiner = base, refiner
+        self.attempts, self.stalled_s = limits.job_attempts, limits.stalled_job_s
+        self.table = JobTable(limits.max_pending_jobs, limits.keep_finished_jobs, limits.keep_finished_s)
+        stages = {"base": limits.base.max_batch_size}
+        if refiner is not None:
+            stages["refiner"] = limits.refiner.max_batch_size
+        self.metrics = ServingMetrics(list(stages), stages)
+        self.results = ResultsLocation(results_uri)
+        # One writer thread: the records of one job reach storage in the order they changed.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="job-records")
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.done: dict[str, asyncio.Event] = {}
+        await self._recover()
+        self.reaper = asyncio.create_task(self._reap_forever())
+
+    async def _recover(self) -> None:
+        """Take back the jobs a previous store left in the results location."""
+        records = await asyncio.get_running_loop().run_in_executor(self.writer, lambda: list(self.results.records()))
+        for record in records:
+            self.table.restore(record)
+            self.done[record["id"]] = asyncio.Event()
+        resumed = [r["id"] for r in records if r["status"] in ("queued", "running")]
+        for job_id in resumed:
+            self._start(job_id)
+        for job_id, record in self.table.finished.items():
+            self.done[job_id].set()
+        if records:
+            log.info("job store: %d stored jobs taken back, %d of them unfinished and driven again",
+                     len(records), len(resumed))
+
+    def _persist(self, record: dict[str, Any]) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self.writer, self.results.save_record, dict(record))
+
+    def _start(self, job_id: str) -> None:
+        task = asyncio.create_task(self._drive(job_id))
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
+
+    async def _drive(self, job_id: str) -> None:
+        """Base, then refiner (which writes the mp4), retrying a lost worker."""
+        while True:
+            record = self.table.start_attempt(job_id, time.time())
+            if record["attempts"] > self.attempts:
+                await self._finish(job_id, "failed", f"gave up after {self.attempts} attempts: its worker was lost")
+                return
+            await self._persist(record)
+            responses: list[DeploymentResponse] = []
+            try:
+                responses.append(self.base.generate.remote(job_id))
+                if self.refiner is not None:
+                    responses.append(self.refiner.generate.remote(job_id, responses[0]))
+                await responses[-1]
+            except asyncio.CancelledError:
+                for response in responses:
+                    response.cancel()
+                raise
+            except WORKER_LOST as err:
+                log.warning("job %s: attempt %d lost its worker: %s", job_id, record["attempts"], short_error(err))
+                continue
+            except Exception as err:  # the stage raised: the job fails with the reason, the store goes on
+                log.exception("job %s failed", job_id)
+                await self._finish(job_id, "failed", short_error(err))
+                return
+            await self._finish(job_id, "succeeded")
+            return
+
+    async def _finish(self, job_id: str, status: str, error: Optional[str] = None) -> Optional[dict[str, Any]]:
+        record = self.table.finish(job_id, status, time.time(), error)
+        if record is None:
+            return None
+        self.metrics.record_outcome(status, record["finished"] - record["created"])
+        await self._persist(record)
+        await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget_request, job_id)
+        self.done[job_id].set()
+        return record
+
+    async def _reap_forever(self) -> None:
+        """Fail stalled jobs and forget expired ones, every few seconds."""
+        while True:
+            await asyncio.sleep(min(5.0, self.stalled_s / 4))
+            now = time.time()
+            for job_id in self.table.stalled(now, self.stalled_s):
+                await self.cancel(job_id, "failed", f"no progress for {self.stalled_s:g} s: its stage stalled")
+            for job_id in self.table.expired(now):
+                self.table.forget(job_id)
+                self.done.pop(job_id, None)
+                await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+
+    async def submit(self, job_id: str, refined: bool, parameters: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Admit and start a job whose request is already stored; None when the queue is full."""
+        record = self.table.admit(job_id, refined, parameters, time.time())
+        if record is None:
+            return None
+        self.done[job_id] = asyncio.Event()
+        await self._persist(record)
+        self._start(job_id)
+        return dict(record)
+
+    async def cancel(self, job_id: str, status: str = "cancelled", reason: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """Stop an unfinished job (its slot is free at once); a finished one is left as it is."""
+        task = self.tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        record = await self._finish(job_id, status, reason)
+        return dict(record) if record else self.status(job_id)
+
+    async def delete(self, job_id: str) -> Optional[dict[str, Any]]:
+        """``DELETE``: cancel an unfinished job, or forget a finished one and its video."""
+        record = self.table.get(job_id)
+        if record is None:
+            return None
+        if record["status"] in ("queued", "running"):
+            return await self.cancel(job_id)
+        self.table.forget(job_id)
+        self.done.pop(job_id, None)
+        await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+        return {**record, "deleted": True}
+
+    async def wait(self, job_id: str) -> Optional[dict[str, Any]]:
+        """The job's record once it has finished (None for an unknown job)."""
+        done = self.done.get(job_id)
+        if done is None:
+            return None
+        await done.wait()
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> Optional[dict[str, Any]]:
+        record = self.table.get(job_id)
+        return dict(record) if record else None
+
+    def progress(self, job_ids: list[str], stage: str, fraction: float) -> None:
+        self.table.progress(job_ids, stage, fraction, time.time())
+
+    def record_batch(self, stage: str, size: int, seconds: float) -> None:
+        self.metrics.record_batch(stage, size, seconds)
+
+    def pending(self) -> int:
+        return self.table.pending()
+
+    def stats(self) -> dict[str, Any]:
+        return self.metrics.snapshot(self.table.counts())
+
+    def prometheus(self) -> str:
+        return self.metrics.prometheus(self.table.counts())
