@@ -71,6 +71,12 @@ def test_concurrent_requests_are_served_in_batches(server, tiny_exports, tmp_pat
         sizes = {int(k): n for k, n in stats[stage]["batch_sizes"].items()}
         assert sum(k * n for k, n in sizes.items()) >= 8
         assert max(sizes) > 1, f"{stage} never batched: {sizes}"
+    assert stats["outcomes"]["succeeded"] >= 8
+    metrics = requests.get(server + "/metrics", timeout=30)
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for line in ('i2vgen_batch_size_bucket{stage="refiner",le="+Inf"}', 'i2vgen_job_outcomes_total{status="succeeded"}',
+                 'i2vgen_jobs{status="queued"} 0', 'i2vgen_batch_seconds_count{stage="base"}'):
+        assert line in metrics.text, line
 
 
 def test_a_queued_job_reports_progress_and_matches_the_synchronous_route(server, tiny_exports) -> None:
@@ -156,3 +162,64 @@ def test_the_released_architecture_is_served_by_the_same_endpoint(server, tiny_e
         assert answers[0].content != answers[1].content  # the prompt reaches the released base
     finally:
         serve.delete("i2vgen-release")
+
+
+def _pending(server: str) -> int:
+    return requests.get(server + "/healthz", timeout=30).json()["pending_jobs"]
+
+
+def _until_settled(server: str, job_url: str, limit_s: float = 300) -> dict:
+    deadline = time.time() + limit_s
+    while (record := requests.get(server + job_url, timeout=30).json())["status"] in ("queued", "running"):
+        assert time.time() < deadline, record
+        time.sleep(0.2)
+    return record
+
+
+def test_clients_that_hang_up_mid_generation_free_their_slots(server, tiny_exports) -> None:
+    """50 clients post to the synchronous route and disconnect after 0.7 s; none may leave a
+    pending job behind (Serve cancels the handler with a BaseException)."""
+    image = tiny_exports["image"].read_bytes()
+
+    def impatient(seed: int) -> str:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # a full queue (503) is retried: every client gets in and hangs up
+            try:
+                answer = requests.post(server + "/v1/generate", files={"image": ("in.png", image)},
+                                       data={"seed": str(seed), "frames": "4", "steps": "40"}, timeout=(10, 0.7))
+            except requests.exceptions.ReadTimeout:
+                return "hung up"
+            if answer.status_code != 503:
+                return str(answer.status_code)
+            time.sleep(0.2)
+        return "never admitted"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(impatient, range(50)))
+    assert outcomes == ["hung up"] * 50, outcomes
+    deadline = time.time() + 120
+    while _pending(server):
+        assert time.time() < deadline, "abandoned jobs still hold their slots"
+        time.sleep(0.5)
+    assert requests.get(server + "/v1/stats", timeout=30).json()["outcomes"]["cancelled"] >= outcomes.count("hung up")
+    assert _post(server, image, **FASTEST).status_code == 200
+
+
+def test_delete_cancels_a_queued_job_and_then_forgets_a_finished_one(server, tiny_exports) -> None:
+    image = tiny_exports["image"].read_bytes()
+    slow = _post(server, image, route="/v1/videos", frames="8", steps="60").json()
+    cancelled = requests.delete(server + slow["status_url"], timeout=30)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    record = requests.get(server + slow["status_url"], timeout=30).json()
+    assert record["status"] == "cancelled"
+    assert requests.get(server + slow["content_url"], timeout=30).status_code == 409
+    done = _post(server, image, route="/v1/videos", **FASTEST).json()
+    assert _until_settled(server, done["status_url"])["status"] == "succeeded"
+    assert requests.delete(server + done["status_url"], timeout=30).json()["deleted"] is True
+    assert requests.get(server + done["content_url"], timeout=30).status_code == 404
+    assert requests.delete(server + "/v1/videos/" + "0" * 32, timeout=30).status_code == 404
+    assert requests.get(server + "/v1/videos/..%2F..%2Fetc", timeout=30).status_code == 404
+    deadline = time.time() + 60
+    while _pending(server):
+        assert time.time() < deadline
+        time.sleep(0.5)

@@ -13,7 +13,10 @@ their slot. Routes are documented at ``/docs`` and in ``/openapi.json``.
 # No ``from __future__ import annotations``: FastAPI reads the route signatures at runtime,
 # and Serve's ingress wrapper moves them where string annotations no longer resolve.
 import asyncio
-from typing import Any, Optional
+import contextlib
+import contextvars
+import logging
+from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -30,6 +33,8 @@ api = FastAPI(
     description="Image (and a short text) to video: the base stage at 448x256, refined at 1280x720.",
 )
 
+log = logging.getLogger("ray.serve")
+
 # Multipart overhead allowed beyond serving.max_upload_bytes before the body is read at all.
 _FORM_OVERHEAD = 64 * 1024
 
@@ -38,14 +43,28 @@ _FORM_OVERHEAD = 64 * 1024
 _upload_limit: dict[str, int] = {}
 
 
-@api.middleware("http")
-async def refuse_large_bodies(request: Request, call_next):
-    """413 from the Content-Length header, before a huge upload is spooled anywhere."""
-    declared, maximum = request.headers.get("content-length", ""), _upload_limit.get("bytes")
-    if maximum is not None and declared.isdigit() and int(declared) > maximum + _FORM_OVERHEAD:
-        message = f"image: a body of {declared} bytes is over the limit of {maximum}"
-        return JSONResponse(status_code=413, content={"detail": message})
-    return await call_next(request)
+class RefuseLargeBodies:
+    """413 from the Content-Length header, before a huge upload is spooled anywhere.
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    ``BaseHTTPMiddleware`` turns a client that hangs up into a "No response returned" error
+    logged with a traceback for every disconnect."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        maximum = _upload_limit.get("bytes")
+        if scope["type"] == "http" and maximum is not None:
+            declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+            if declared.isdigit() and int(declared) > maximum + _FORM_OVERHEAD:
+                message = f"image: a body of {declared} bytes is over the limit of {maximum}"
+                await JSONResponse(status_code=413, content={"detail": message})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(RefuseLargeBodies)
 
 
 @api.exception_handler(RequestError)
@@ -88,6 +107,7 @@ class VideoAPI:
     def __init__(self, store: DeploymentHandle, config: Config, results_uri: str, refined: bool) -> None:
         self.store, self.config, self.refined = store, config, refined
         self.results = ResultsLocation(results_uri)
+        self.background: set[asyncio.Task] = set()
         _upload_limit["bytes"] = config.serving.max_upload_bytes
 
     @api.get("/healthz")
@@ -112,7 +132,9 @@ class VideoAPI:
     @api.post("/v1/videos", status_code=202)
     async def submit(self, form: VideoForm = Depends()):
         """Queue a video; poll ``GET /v1/videos/{id}``, then fetch ``/content``."""
-        job_id = await self._submit(await self._request(form))
+        request, job_id = await self._request(form), new_job_id()
+        async with self._cancelled_on_hang_up(job_id):
+            await self._submit(job_id, request)
         return {"id": job_id, "status": "queued", "status_url": f"/v1/videos/{job_id}",
                 "content_url": f"/v1/videos/{job_id}/content"}
 
@@ -138,20 +160,39 @@ class VideoAPI:
     async def generate(self, form: VideoForm = Depends()):
         """Generate and answer with the mp4 itself: for short jobs (the connection stays open,
         up to ``serving.sync_timeout_s``; a client that hangs up cancels its job)."""
-        job_id = await self._submit(await self._request(form))
+        request, job_id = await self._request(form), new_job_id()
         timeout = self.config.serving.sync_timeout_s
-        try:
-            record = await asyncio.wait_for(self._wait(job_id), timeout)
-        except asyncio.TimeoutError:
-            await self.store.cancel.remote(job_id, "failed", f"timed out after {timeout:g} s (serving.sync_timeout_s)")
-            raise HTTPException(504, f"job {job_id} took longer than {timeout:g} s; it was cancelled. "
-                                     "POST /v1/videos queues a job without a time limit.") from None
-        except asyncio.CancelledError:  # the client hung up: free its slot, then let Serve unwind
-            self.store.cancel.remote(job_id, "cancelled", "the client disconnected")
-            raise
+        async with self._cancelled_on_hang_up(job_id):
+            await self._submit(job_id, request)
+            try:
+                record = await asyncio.wait_for(self._wait(job_id), timeout)
+            except asyncio.TimeoutError:
+                await self.store.cancel.remote(job_id, "failed", f"timed out after {timeout:g} s (serving.sync_timeout_s)")
+                raise HTTPException(504, f"job {job_id} took longer than {timeout:g} s; it was cancelled. "
+                                         "POST /v1/videos queues a job without a time limit.") from None
         if record["status"] != "succeeded":
             raise HTTPException(500, f"job {job_id} {record['status']}: {record['error']}")
         return await self._video(record, headers={"X-Job-Id": job_id})
+
+    @contextlib.asynccontextmanager
+    async def _cancelled_on_hang_up(self, job_id: str) -> AsyncIterator[None]:
+        """A client that hangs up (Serve cancels the handler) cancels its job, wherever the
+        handler was: storing the request, being admitted, or waiting for the video."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Serve cancels every call the cancelled request makes, so the cancel is sent
+            # from a task with a fresh context, outside the request.
+            task = asyncio.create_task(self._cancel(job_id, "the client disconnected"), context=contextvars.Context())
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+            raise
+
+    async def _cancel(self, job_id: str, reason: str) -> None:
+        try:
+            await self.store.cancel.remote(job_id, "cancelled", reason)
+        except Exception:  # the job then ends when its stages finish it; say why it did not end now
+            log.exception("job %s: could not cancel it after its client hung up", job_id)
 
     async def _wait(self, job_id: str) -> dict[str, Any]:
         return await self.store.wait.remote(job_id)
@@ -164,9 +205,8 @@ class VideoAPI:
         return make_request(self.config, pixels, form.prompt, form.frames, form.fps, form.steps, form.guidance,
                             form.sampler, form.seed)
 
-    async def _submit(self, request: GenerationRequest) -> str:
+    async def _submit(self, job_id: str, request: GenerationRequest) -> None:
         """Store the request, then have the job store admit it (or refuse: 503)."""
-        job_id = new_job_id()
         await asyncio.to_thread(self.results.save_request, job_id, request)
         if await self.store.submit.remote(job_id, self.refined, request_parameters(request)) is None:
             await asyncio.to_thread(self.results.forget, job_id)
@@ -175,7 +215,6 @@ class VideoAPI:
                 503, f"{limits.max_pending_jobs} jobs are pending; try again later",
                 headers={"Retry-After": str(limits.retry_after_s)},
             )
-        return job_id
 
     def _check_id(self, job_id: str) -> None:
         if not JOB_ID.match(job_id):

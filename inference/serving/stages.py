@@ -36,6 +36,13 @@ def device_and_dtype(deployment: DeploymentConfig) -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+_ABANDONED_KEPT = 4096
+
+
+class BatchAbandoned(RuntimeError):
+    """Every job of a running batch was cancelled: the sampling loop stops."""
+
+
 class _StageReplica:
     """What both stage deployments share: loading the stage and the requests, batching,
     reports to the job store, and (for the last stage) writing the mp4."""
@@ -48,6 +55,9 @@ class _StageReplica:
         self.cascade = Cascade.from_files(config, **{self.stage: weights}, device=device, dtype=dtype)
         self.results = ResultsLocation(results_uri)
         self.last, self.crf = last, config.serving.crf
+        # Jobs cancelled while waiting for or running in a batch, oldest first (written from
+        # the event loop, read by the model's thread; bounded, as cancels of queued jobs stay).
+        self.abandoned: dict[str, None] = {}
         self.store = serve.get_deployment_handle("JobStore", serve.get_replica_context().app_name)
         self._batched.set_max_batch_size(deployment.max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -55,7 +65,13 @@ class _StageReplica:
     async def generate(self, job_id: str, video: Optional[Video] = None) -> Video | int:
         """The job's video from this stage; the last stage stores the mp4 and answers its size."""
         request = await asyncio.to_thread(self.results.load_request, job_id)
-        out = await self._batched(job_id, request, video)
+        try:
+            out = await self._batched(job_id, request, video)
+        except asyncio.CancelledError:  # the job was cancelled: its batch may stop early
+            self.abandoned[job_id] = None
+            if len(self.abandoned) > _ABANDONED_KEPT:
+                del self.abandoned[next(iter(self.abandoned))]
+            raise
         if not self.last:
             return out
         mp4 = await asyncio.to_thread(mp4_bytes, out, request.fps, self.crf)
@@ -67,7 +83,11 @@ class _StageReplica:
         self, job_ids: list[str], requests: list[GenerationRequest], videos: list[Optional[Video]]
     ) -> list[Video]:
         start = time.perf_counter()
-        out = await asyncio.to_thread(self._run, requests, videos, self._reporter(job_ids))
+        try:
+            out = await asyncio.to_thread(self._run, requests, videos, self._reporter(job_ids))
+        finally:
+            for job_id in job_ids:
+                self.abandoned.pop(job_id, None)
         self.store.record_batch.remote(self.stage, len(requests), time.perf_counter() - start)
         return out
 
@@ -76,10 +96,13 @@ class _StageReplica:
 
     def _reporter(self, job_ids: list[str]) -> OnStep:
         """Step-by-step progress to the job store, fire-and-forget from the model's thread
-        (a lost report costs a stale progress bar; many lost ones, a stalled-job verdict)."""
+        (a lost report costs a stale progress bar; many lost ones, a stalled-job verdict).
+        A batch whose jobs have all been cancelled stops at its next step."""
         loop = asyncio.get_running_loop()
 
         def report(stage: str, rows: list[int], done: int, total: int) -> None:
+            if all(job_id in self.abandoned for job_id in job_ids):
+                raise BatchAbandoned(f"{stage}: every job of this batch was cancelled at step {done}/{total}")
             ids = [job_ids[i] for i in rows]
             loop.call_soon_threadsafe(lambda: self.store.progress.remote(ids, stage, done / total))
 

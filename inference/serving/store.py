@@ -19,8 +19,10 @@ reference, and the last stage writes the mp4 to the results location itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -46,6 +48,8 @@ def short_error(err: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+# Every method is a coroutine: Serve runs plain methods on a thread pool, and the table is
+# only ever touched from the replica's event loop.
 @serve.deployment(name="JobStore", num_replicas=1, ray_actor_options={"num_cpus": 0})
 class JobStore:
     async def __init__(
@@ -64,6 +68,8 @@ class JobStore:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="job-records")
         self.tasks: dict[str, asyncio.Task] = {}
         self.done: dict[str, asyncio.Event] = {}
+        # Ids cancelled before their submit arrived (a client that hung up at once).
+        self.cancelled_early: deque[str] = deque(maxlen=4096)
         await self._recover()
         self.reaper = asyncio.create_task(self._reap_forever())
 
@@ -86,7 +92,9 @@ class JobStore:
         return asyncio.get_running_loop().run_in_executor(self.writer, self.results.save_record, dict(record))
 
     def _start(self, job_id: str) -> None:
-        task = asyncio.create_task(self._drive(job_id))
+        # A fresh context: the job's stage calls must not belong to (and be cancelled with)
+        # the request that happened to submit it.
+        task = asyncio.create_task(self._drive(job_id), context=contextvars.Context())
         self.tasks[job_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
 
@@ -119,13 +127,16 @@ class JobStore:
             return
 
     async def _finish(self, job_id: str, status: str, error: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """End a job. Every change happens before the first await, and the writes are queued
+        on the writer thread, so a caller cancelled here still leaves the job ended."""
         record = self.table.finish(job_id, status, time.time(), error)
         if record is None:
             return None
         self.metrics.record_outcome(status, record["finished"] - record["created"])
-        await self._persist(record)
-        await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget_request, job_id)
         self.done[job_id].set()
+        saved = self._persist(record)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(saved, loop.run_in_executor(self.writer, self.results.forget_request, job_id))
         return record
 
     async def _reap_forever(self) -> None:
@@ -141,22 +152,33 @@ class JobStore:
                 await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
 
     async def submit(self, job_id: str, refined: bool, parameters: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """Admit and start a job whose request is already stored; None when the queue is full."""
+        """Admit and start a job whose request is already stored; None when the queue is full
+        or the job was cancelled before it arrived. No await: a cancelled call either did all
+        of this or none of it."""
+        if job_id in self.cancelled_early:
+            return None
         record = self.table.admit(job_id, refined, parameters, time.time())
         if record is None:
             return None
         self.done[job_id] = asyncio.Event()
-        await self._persist(record)
-        self._start(job_id)
+        self._start(job_id)  # its first step stores the record
         return dict(record)
 
     async def cancel(self, job_id: str, status: str = "cancelled", reason: Optional[str] = None) -> Optional[dict[str, Any]]:
-        """Stop an unfinished job (its slot is free at once); a finished one is left as it is."""
+        """Stop an unfinished job (its slot is free at once); a finished one is left as it is.
+
+        A job this store has not seen was abandoned while it was being submitted: its id is
+        remembered, so that a submit arriving after this cancel is refused, and its stored
+        request is deleted."""
+        if self.table.get(job_id) is None:
+            self.cancelled_early.append(job_id)
+            await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+            return None
         task = self.tasks.pop(job_id, None)
         if task is not None:
             task.cancel()
         record = await self._finish(job_id, status, reason)
-        return dict(record) if record else self.status(job_id)
+        return dict(record) if record else self._record(job_id)
 
     async def delete(self, job_id: str) -> Optional[dict[str, Any]]:
         """``DELETE``: cancel an unfinished job, or forget a finished one and its video."""
@@ -176,23 +198,26 @@ class JobStore:
         if done is None:
             return None
         await done.wait()
-        return self.status(job_id)
+        return self._record(job_id)
 
-    def status(self, job_id: str) -> Optional[dict[str, Any]]:
+    async def status(self, job_id: str) -> Optional[dict[str, Any]]:
+        return self._record(job_id)
+
+    def _record(self, job_id: str) -> Optional[dict[str, Any]]:
         record = self.table.get(job_id)
         return dict(record) if record else None
 
-    def progress(self, job_ids: list[str], stage: str, fraction: float) -> None:
+    async def progress(self, job_ids: list[str], stage: str, fraction: float) -> None:
         self.table.progress(job_ids, stage, fraction, time.time())
 
-    def record_batch(self, stage: str, size: int, seconds: float) -> None:
+    async def record_batch(self, stage: str, size: int, seconds: float) -> None:
         self.metrics.record_batch(stage, size, seconds)
 
-    def pending(self) -> int:
+    async def pending(self) -> int:
         return self.table.pending()
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         return self.metrics.snapshot(self.table.counts())
 
-    def prometheus(self) -> str:
+    async def prometheus(self) -> str:
         return self.metrics.prometheus(self.table.counts())
