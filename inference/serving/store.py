@@ -41,6 +41,22 @@ log = logging.getLogger("ray.serve")
 WORKER_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError, OutOfMemoryError)
 
 
+def worker_lost(err: BaseException) -> bool:
+    """Whether ``err``, or what it wraps, says a process went away (Serve reports a dead
+    upstream stage as its own exception, with the actor's death as the cause)."""
+    seen: set[int] = set()
+    pending: list[Optional[BaseException]] = [err]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, WORKER_LOST):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return False
+
+
 def short_error(err: BaseException) -> str:
     """The error's type and first line, for the client: no remote traceback, no addresses."""
     cause = getattr(err, "cause", None) or err
@@ -81,6 +97,7 @@ class JobStore:
             self.done[record["id"]] = asyncio.Event()
         resumed = [r["id"] for r in records if r["status"] in ("queued", "running")]
         for job_id in resumed:
+            self.table.get(job_id)["last_error"] = "the job store restarted while it ran"
             self._start(job_id)
         for job_id, record in self.table.finished.items():
             self.done[job_id].set()
@@ -103,7 +120,9 @@ class JobStore:
         while True:
             record = self.table.start_attempt(job_id, time.time())
             if record["attempts"] > self.attempts:
-                await self._finish(job_id, "failed", f"gave up after {self.attempts} attempts: its worker was lost")
+                await self._finish(
+                    job_id, "failed", f"gave up after {self.attempts} attempts; the last one: {record['last_error']}"
+                )
                 return
             await self._persist(record)
             responses: list[DeploymentResponse] = []
@@ -116,10 +135,11 @@ class JobStore:
                 for response in responses:
                     response.cancel()
                 raise
-            except WORKER_LOST as err:
-                log.warning("job %s: attempt %d lost its worker: %s", job_id, record["attempts"], short_error(err))
-                continue
-            except Exception as err:  # the stage raised: the job fails with the reason, the store goes on
+            except Exception as err:  # the job fails with the reason (or is retried); the store goes on
+                if worker_lost(err):
+                    log.warning("job %s: attempt %d lost its worker: %s", job_id, record["attempts"], short_error(err))
+                    record["last_error"] = short_error(err)
+                    continue
                 log.exception("job %s failed", job_id)
                 await self._finish(job_id, "failed", short_error(err))
                 return
