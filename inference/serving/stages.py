@@ -6,9 +6,12 @@ refiner runs batch k while the base runs batch k+1. A call names a job; the stag
 job's request from the results location, and the last stage writes the job's mp4 there,
 so neither requests nor videos pass through the job store.
 
-``@serve.batch`` gathers the requests waiting at the replica (up to ``max_batch_size``,
-waiting at most ``batch_wait_timeout_s`` for more); the cascade runs those with the same
-shape as one batch. The model runs in a worker thread so the replica keeps accepting
+``@serve.batch`` gathers the requests waiting at the replica (waiting at most
+``batch_wait_timeout_s`` for more); the cascade runs those with the same shape as one
+batch. The batch size adapts to the queue: the base takes at most half of what waits at
+it (up to ``max_batch_size``), so that it hands the refiner a batch and starts on the next
+instead of moving every request through both stages in lockstep; the last stage takes
+everything waiting. The model runs in a worker thread so the replica keeps accepting
 requests (and answering health checks) meanwhile. Each step and each batch is reported to
 the job store: the steps are the jobs' heartbeat, the batches its statistics.
 """
@@ -16,6 +19,7 @@ the job store: the steps are the jobs' heartbeat, the batches its statistics.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Optional
 
@@ -55,16 +59,22 @@ class _StageReplica:
         self.cascade = Cascade.from_files(config, **{self.stage: weights}, device=device, dtype=dtype)
         self.results = ResultsLocation(results_uri)
         self.last, self.crf = last, config.serving.crf
+        self.max_batch_size = deployment.max_batch_size
+        # Stages after this one that can work while it runs the next batch.
+        self.pipeline_depth = 1 if last else 2
+        self.waiting = 0  # requests in ``generate``: queued for a batch, or in the running one
         # Jobs cancelled while waiting for or running in a batch, oldest first (written from
         # the event loop, read by the model's thread; bounded, as cancels of queued jobs stay).
         self.abandoned: dict[str, None] = {}
         self.store = serve.get_deployment_handle("JobStore", serve.get_replica_context().app_name)
-        self._batched.set_max_batch_size(deployment.max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def generate(self, job_id: str, video: Optional[Video] = None) -> Video | int:
         """The job's video from this stage; the last stage stores the mp4 and answers its size."""
         request = await asyncio.to_thread(self.results.load_request, job_id)
+        self.waiting += 1
+        share = math.ceil(self.waiting / self.pipeline_depth)
+        self._batched.set_max_batch_size(max(1, min(self.max_batch_size, share)))  # type: ignore[attr-defined]
         try:
             out = await self._batched(job_id, request, video)
         except asyncio.CancelledError:  # the job was cancelled: its batch may stop early
@@ -72,6 +82,8 @@ class _StageReplica:
             if len(self.abandoned) > _ABANDONED_KEPT:
                 del self.abandoned[next(iter(self.abandoned))]
             raise
+        finally:
+            self.waiting -= 1
         if not self.last:
             return out
         mp4 = await asyncio.to_thread(mp4_bytes, out, request.fps, self.crf)
