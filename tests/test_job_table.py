@@ -60,9 +60,9 @@ def test_progress_is_the_heartbeat_and_a_silent_running_job_is_stalled() -> None
 
 def test_restored_records_keep_their_finish_order() -> None:
     table = _table(keep=1)
-    for job_id, finished in (("late", 9.0), ("early", 1.0)):
-        table.restore({"id": job_id, "status": "succeeded", "finished": finished})
-    table.restore({"id": "open", "status": "running", "attempts": 1})
+    table.restore([{"id": "late", "status": "succeeded", "finished": 9.0},
+                   {"id": "open", "status": "running", "attempts": 1, "finished": None},
+                   {"id": "early", "status": "succeeded", "finished": 1.0}])
     assert table.expired(now=10.0) == ["early"] and table.pending() == 1
 
 

@@ -131,6 +131,15 @@ def test_a_stage_replica_killed_mid_batch_has_its_jobs_retried(server) -> None:
     assert _settled(server, _submit(server, frames="2", steps="1"))["status"] == "succeeded"
 
 
+def test_a_job_store_that_dies_is_replaced_and_drives_its_jobs_again(server) -> None:
+    job_ids = [_submit(server, frames="4", steps="8", seed=str(s)) for s in range(3)]
+    _until_running(server, job_ids, "base")
+    _kill_replica("JobStore")
+    records = [_settled(server, j) for j in job_ids]
+    assert all(r["status"] == "succeeded" for r in records), records
+    assert all(r["attempts"] == 2 for r in records), records  # read back from storage, then run again
+
+
 def test_a_restarted_application_serves_its_videos_and_finishes_its_jobs(server) -> None:
     from ray import serve
 

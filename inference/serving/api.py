@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from inference.request import GenerationRequest, ImageError, RequestError, TooLargeError, decode_image, make_request
 from inference.serving.results import JOB_ID, ResultsLocation, new_job_id, request_parameters
+from inference.serving.store import short_error, worker_lost
 from pipeline.config.schema import Config
 
 api = FastAPI(
@@ -34,6 +35,9 @@ api = FastAPI(
 )
 
 log = logging.getLogger("ray.serve")
+
+# Job store restarts a synchronous request waits through before it gives up.
+_STORE_RESTARTS_WAITED = 3
 
 # Multipart overhead allowed beyond serving.max_upload_bytes before the body is read at all.
 _FORM_OVERHEAD = 64 * 1024
@@ -195,7 +199,21 @@ class VideoAPI:
             log.exception("job %s: could not cancel it after its client hung up", job_id)
 
     async def _wait(self, job_id: str) -> dict[str, Any]:
-        return await self.store.wait.remote(job_id)
+        """The finished job's record. If the job store's replica dies meanwhile, its successor
+        reads the job back from storage and drives it again: wait on that one."""
+        for attempt in range(1, _STORE_RESTARTS_WAITED + 1):
+            try:
+                record = await self.store.wait.remote(job_id)
+                break
+            except Exception as err:  # only a lost store is waited out; anything else is a real error
+                if not worker_lost(err) or attempt == _STORE_RESTARTS_WAITED:
+                    raise
+                log.warning("job %s: the job store was lost while waiting (%s); waiting on its successor",
+                            job_id, short_error(err))
+                await asyncio.sleep(1.0)
+        if record is None:
+            raise HTTPException(500, f"job {job_id} is unknown to the job store")
+        return record
 
     async def _request(self, form: VideoForm) -> GenerationRequest:
         """A validated request; the exception handlers above turn refusals into 4xx."""

@@ -40,13 +40,14 @@ class JobTable:
         self.unfinished[job_id] = record
         return record
 
-    def restore(self, record: dict[str, Any]) -> None:
-        """Take back a stored record (after a restart), whatever the bound: it was admitted."""
-        if record["status"] in UNFINISHED:
-            self.unfinished[record["id"]] = record
-        else:
-            self.finished[record["id"]] = record
-            self.finished = OrderedDict(sorted(self.finished.items(), key=lambda item: item[1]["finished"] or 0.0))
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Take back stored records (once, into an empty table after a restart), whatever the
+        bound: they were admitted."""
+        for record in sorted(records, key=lambda r: r.get("finished") or 0.0):
+            if record["status"] in UNFINISHED:
+                self.unfinished[record["id"]] = record
+            else:
+                self.finished[record["id"]] = record
 
     def get(self, job_id: str) -> Optional[dict[str, Any]]:
         return self.unfinished.get(job_id) or self.finished.get(job_id)

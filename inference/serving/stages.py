@@ -8,10 +8,10 @@ so neither requests nor videos pass through the job store.
 
 ``@serve.batch`` gathers the requests waiting at the replica (waiting at most
 ``batch_wait_timeout_s`` for more); the cascade runs those with the same shape as one
-batch. The batch size adapts to the queue: the base takes at most half of what waits at
-it (up to ``max_batch_size``), so that it hands the refiner a batch and starts on the next
-instead of moving every request through both stages in lockstep; the last stage takes
-everything waiting. The model runs in a worker thread so the replica keeps accepting
+batch. The batch size adapts to the queue: in a cascade each stage takes at most half of
+what waits at it (up to ``max_batch_size``), so that the base hands the refiner a batch and
+starts on the next, and the refiner's results (hence the clients' next requests) come back
+staggered, instead of every request moving through both stages in lockstep. The model runs in a worker thread so the replica keeps accepting
 requests (and answering health checks) meanwhile. Each step and each batch is reported to
 the job store: the steps are the jobs' heartbeat, the batches its statistics.
 """
@@ -19,6 +19,7 @@ the job store: the steps are the jobs' heartbeat, the batches its statistics.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from typing import Optional
@@ -41,6 +42,9 @@ def device_and_dtype(deployment: DeploymentConfig) -> tuple[str, torch.dtype]:
 
 
 _ABANDONED_KEPT = 4096
+# Progress reports per batch at most this often (and at its last step): fast steps on a GPU
+# would otherwise send the job store hundreds of calls a second.
+PROGRESS_INTERVAL_S = 0.5
 
 
 class BatchAbandoned(RuntimeError):
@@ -60,8 +64,9 @@ class _StageReplica:
         self.results = ResultsLocation(results_uri)
         self.last, self.crf = last, config.serving.crf
         self.max_batch_size = deployment.max_batch_size
-        # Stages after this one that can work while it runs the next batch.
-        self.pipeline_depth = 1 if last else 2
+        # A batch takes at most 1/stages of what waits: in a cascade the base hands the refiner
+        # a batch and starts the next, and the refiner's results come back staggered.
+        self.stages = 2 if self.stage == "refiner" or not last else 1
         self.waiting = 0  # requests in ``generate``: queued for a batch, or in the running one
         # Jobs cancelled while waiting for or running in a batch, oldest first (written from
         # the event loop, read by the model's thread; bounded, as cancels of queued jobs stay).
@@ -73,7 +78,7 @@ class _StageReplica:
         """The job's video from this stage; the last stage stores the mp4 and answers its size."""
         request = await asyncio.to_thread(self.results.load_request, job_id)
         self.waiting += 1
-        share = math.ceil(self.waiting / self.pipeline_depth)
+        share = math.ceil(self.waiting / self.stages)
         self._batched.set_max_batch_size(max(1, min(self.max_batch_size, share)))  # type: ignore[attr-defined]
         try:
             out = await self._batched(job_id, request, video)
@@ -100,7 +105,7 @@ class _StageReplica:
         finally:
             for job_id in job_ids:
                 self.abandoned.pop(job_id, None)
-        self.store.record_batch.remote(self.stage, len(requests), time.perf_counter() - start)
+        self._tell_store("record_batch", self.stage, len(requests), time.perf_counter() - start)
         return out
 
     def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
@@ -110,15 +115,25 @@ class _StageReplica:
         """Step-by-step progress to the job store, fire-and-forget from the model's thread
         (a lost report costs a stale progress bar; many lost ones, a stalled-job verdict).
         A batch whose jobs have all been cancelled stops at its next step."""
-        loop = asyncio.get_running_loop()
+        loop, last_sent = asyncio.get_running_loop(), [0.0]
 
         def report(stage: str, rows: list[int], done: int, total: int) -> None:
             if all(job_id in self.abandoned for job_id in job_ids):
                 raise BatchAbandoned(f"{stage}: every job of this batch was cancelled at step {done}/{total}")
+            now = time.monotonic()
+            if done < total and now - last_sent[0] < PROGRESS_INTERVAL_S:
+                return
+            last_sent[0] = now
             ids = [job_ids[i] for i in rows]
-            loop.call_soon_threadsafe(lambda: self.store.progress.remote(ids, stage, done / total))
+            loop.call_soon_threadsafe(self._tell_store, "progress", ids, stage, done / total)
 
         return report
+
+    def _tell_store(self, method: str, *args: object) -> None:
+        """A fire-and-forget call from a fresh context: inside a request's context, Serve
+        would cancel it with that request, and one cancelled job would silence the reports
+        (the heartbeats) of the others in its batch."""
+        contextvars.Context().run(lambda: getattr(self.store, method).remote(*args))
 
 
 @serve.deployment(name="BaseStage")

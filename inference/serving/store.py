@@ -66,7 +66,11 @@ def short_error(err: BaseException) -> str:
 
 # Every method is a coroutine: Serve runs plain methods on a thread pool, and the table is
 # only ever touched from the replica's event loop.
-@serve.deployment(name="JobStore", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name="JobStore", num_replicas=1, ray_actor_options={"num_cpus": 0},
+    # Stages report every sampling step here: an access-log line each would drown the logs.
+    logging_config={"enable_access_log": False},
+)
 class JobStore:
     async def __init__(
         self, config: Config, results_uri: str, base: DeploymentHandle, refiner: Optional[DeploymentHandle]
@@ -92,8 +96,8 @@ class JobStore:
     async def _recover(self) -> None:
         """Take back the jobs a previous store left in the results location."""
         records = await asyncio.get_running_loop().run_in_executor(self.writer, lambda: list(self.results.records()))
+        self.table.restore(records)
         for record in records:
-            self.table.restore(record)
             self.done[record["id"]] = asyncio.Event()
         resumed = [r["id"] for r in records if r["status"] in ("queued", "running")]
         for job_id in resumed:
