@@ -28,6 +28,7 @@ def test_warm_up_makes_early_exports_follow_training() -> None:
     assert initial_share < 0.01
 
 
+@pytest.mark.slow  # a DeepSpeed engine on the CPU: about a minute
 @pytest.mark.parametrize("zero_stage", [2])
 def test_under_bf16_the_ema_averages_the_fp32_master_weights(zero_stage: int, monkeypatch) -> None:
     """A one-process DeepSpeed engine with bf16 on the CPU: after a step with a tiny rate the

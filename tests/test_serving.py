@@ -142,6 +142,7 @@ def test_overload_is_refused_with_retry_after_and_then_served(server, tiny_expor
     assert _post(server, image, **FASTEST).status_code == 200
 
 
+@pytest.mark.slow  # deploys a second application (about 35 s)
 def test_the_released_architecture_is_served_by_the_same_endpoint(server, tiny_exports, tmp_path) -> None:
     """``model.arch: release`` (diffusers' I2VGenXLUNet) behind the same app: single stage,
     so no refiner; its prompt conditions the base."""
@@ -194,6 +195,7 @@ def test_clients_that_hang_up_mid_generation_free_their_slots(server, tiny_expor
             time.sleep(0.2)
         return "never admitted"
 
+    before = requests.get(server + "/v1/stats", timeout=30).json()["outcomes"]
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(impatient, range(50)))
     assert outcomes == ["hung up"] * 50, outcomes
@@ -201,7 +203,10 @@ def test_clients_that_hang_up_mid_generation_free_their_slots(server, tiny_expor
     while _pending(server):
         assert time.time() < deadline, "abandoned jobs still hold their slots"
         time.sleep(0.5)
-    assert requests.get(server + "/v1/stats", timeout=30).json()["outcomes"]["cancelled"] >= outcomes.count("hung up")
+    after = requests.get(server + "/v1/stats", timeout=30).json()["outcomes"]
+    # A client may hang up before its job exists (still decoding its upload): most were admitted.
+    assert after.get("cancelled", 0) - before.get("cancelled", 0) >= 25, (before, after)
+    assert after.get("succeeded", 0) == before.get("succeeded", 0)  # no abandoned job ran to the end
     assert _post(server, image, **FASTEST).status_code == 200
 
 

@@ -225,7 +225,12 @@ class VideoAPI:
 
     async def _submit(self, job_id: str, request: GenerationRequest) -> None:
         """Store the request, then have the job store admit it (or refuse: 503)."""
-        await asyncio.to_thread(self.results.save_request, job_id, request)
+        try:
+            await asyncio.to_thread(self.results.save_request, job_id, request)
+        except OSError as err:  # storage down: the client may retry; nothing was admitted
+            log.exception("job %s: could not store its request", job_id)
+            raise HTTPException(503, f"the results location is unavailable ({type(err).__name__}); try again later",
+                                headers={"Retry-After": str(self.config.serving.retry_after_s)}) from err
         if await self.store.submit.remote(job_id, self.refined, request_parameters(request)) is None:
             await asyncio.to_thread(self.results.forget, job_id)
             limits = self.config.serving

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ray import serve
 from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
@@ -95,6 +95,7 @@ class JobStore:
 
     async def _recover(self) -> None:
         """Take back the jobs a previous store left in the results location."""
+        # Unguarded: a store that cannot read its location should fail to start, loudly.
         records = await asyncio.get_running_loop().run_in_executor(self.writer, lambda: list(self.results.records()))
         self.table.restore(records)
         for record in records:
@@ -110,7 +111,20 @@ class JobStore:
                      len(records), len(resumed))
 
     def _persist(self, record: dict[str, Any]) -> asyncio.Future:
-        return asyncio.get_running_loop().run_in_executor(self.writer, self.results.save_record, dict(record))
+        return self._storage(self.results.save_record, dict(record))
+
+    def _storage(self, write: Callable[..., None], *args: Any) -> asyncio.Future:
+        """Run a write to the results location on the writer thread. A failed write (storage
+        down) is logged, not raised: the table in memory stays the truth while this replica
+        lives, and storage only matters to its successor."""
+
+        def guarded() -> None:
+            try:
+                write(*args)
+            except OSError:
+                log.exception("job store: %s to %s failed", write.__name__, self.results.uri)
+
+        return asyncio.get_running_loop().run_in_executor(self.writer, guarded)
 
     def _start(self, job_id: str) -> None:
         # A fresh context: the job's stage calls must not belong to (and be cancelled with)
@@ -158,9 +172,7 @@ class JobStore:
             return None
         self.metrics.record_outcome(status, record["finished"] - record["created"])
         self.done[job_id].set()
-        saved = self._persist(record)
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(saved, loop.run_in_executor(self.writer, self.results.forget_request, job_id))
+        await asyncio.gather(self._persist(record), self._storage(self.results.forget_request, job_id))
         return record
 
     async def _reap_forever(self) -> None:
@@ -171,9 +183,12 @@ class JobStore:
             for job_id in self.table.stalled(now, self.stalled_s):
                 await self.cancel(job_id, "failed", f"no progress for {self.stalled_s:g} s: its stage stalled")
             for job_id in self.table.expired(now):
-                self.table.forget(job_id)
-                self.done.pop(job_id, None)
-                await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+                await self._forget(job_id)
+
+    async def _forget(self, job_id: str) -> None:
+        self.table.forget(job_id)
+        self.done.pop(job_id, None)
+        await self._storage(self.results.forget, job_id)
 
     async def submit(self, job_id: str, refined: bool, parameters: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Admit and start a job whose request is already stored; None when the queue is full
@@ -196,7 +211,7 @@ class JobStore:
         request is deleted."""
         if self.table.get(job_id) is None:
             self.cancelled_early.append(job_id)
-            await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+            await self._storage(self.results.forget, job_id)
             return None
         task = self.tasks.pop(job_id, None)
         if task is not None:
@@ -211,9 +226,7 @@ class JobStore:
             return None
         if record["status"] in ("queued", "running"):
             return await self.cancel(job_id)
-        self.table.forget(job_id)
-        self.done.pop(job_id, None)
-        await asyncio.get_running_loop().run_in_executor(self.writer, self.results.forget, job_id)
+        await self._forget(job_id)
         return {**record, "deleted": True}
 
     async def wait(self, job_id: str) -> Optional[dict[str, Any]]:
