@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from conftest import free_port
 from pipeline.config import load_config
 
 SERVING = [
@@ -26,19 +26,13 @@ FAST = {"frames": "4", "steps": "2"}
 FASTEST = {"frames": "2", "steps": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(ray_local, tiny_exports, tmp_path_factory):
     from ray import serve
 
     from inference.serving.app import compose
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = load_config("tiny", overrides=[*SERVING, f"serving.results_dir={tmp_path_factory.mktemp('results')}"])
     app = compose(config, str(tiny_exports["base"]), str(tiny_exports["refiner"]))

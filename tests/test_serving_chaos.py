@@ -3,13 +3,13 @@ lives in the results location and the job store, so no job is lost or left runni
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
 import pytest
 import requests
 
+from conftest import free_port
 from pipeline.config import load_config
 
 # Replica restarts take tens of seconds each on two cores.
@@ -24,18 +24,12 @@ SERVING = [
 APP = "i2vgen-chaos"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _deploy(server: dict[str, Any]) -> None:
     from ray import serve
 
     from inference.serving.app import compose
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(compose(server["config"], server["base"], server["refiner"]), name=APP, route_prefix="/")
     server["url"] = f"http://127.0.0.1:{port}"

@@ -109,7 +109,10 @@ class _StageReplica:
         return out
 
     def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
-        raise NotImplementedError
+        """This stage's half of the cascade, on one batch."""
+        if self.stage == "base":
+            return self.cascade.run_base(requests, on_step)
+        return self.cascade.run_refiner(videos, requests, on_step)
 
     def _reporter(self, job_ids: list[str]) -> OnStep:
         """Step-by-step progress to the job store, fire-and-forget from the model's thread
@@ -142,15 +145,9 @@ class BaseStage(_StageReplica):
 
     stage = "base"
 
-    def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
-        return self.cascade.run_base(requests, on_step)
-
 
 @serve.deployment(name="RefinerStage")
 class RefinerStage(_StageReplica):
     """Base video + text -> 1280x720 video (uint8 frames)."""
 
     stage = "refiner"
-
-    def _run(self, requests: list[GenerationRequest], videos: list[Optional[Video]], on_step: OnStep) -> list[Video]:
-        return self.cascade.run_refiner(videos, requests, on_step)
