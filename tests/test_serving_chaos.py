@@ -107,29 +107,29 @@ def test_a_synchronous_request_past_its_time_limit_gets_504_and_frees_its_slot(s
     assert requests.get(server["url"] + "/healthz", timeout=30).json()["pending_jobs"] == 0
 
 
-def test_killing_the_ingress_loses_no_job(server) -> None:
-    job_ids = [_submit(server, frames="4", steps="8", seed=str(s)) for s in range(6)]
+def _kill_while_running(server: dict[str, Any], deployment: str, jobs: int, steps: str) -> list[dict[str, Any]]:
+    """Submit ``jobs`` async jobs, kill ``deployment``'s replica once the base runs, and wait
+    for every job to end; their final records."""
+    job_ids = [_submit(server, frames="4", steps=steps, seed=str(s)) for s in range(jobs)]
     _until_running(server, job_ids, "base")
-    _kill_replica("VideoAPI")
-    records = [_settled(server, j) for j in job_ids]
+    _kill_replica(deployment)
+    return [_settled(server, j) for j in job_ids]
+
+
+def test_killing_the_ingress_loses_no_job(server) -> None:
+    records = _kill_while_running(server, "VideoAPI", jobs=6, steps="8")
     assert all(r["status"] == "succeeded" for r in records), records
 
 
 def test_a_stage_replica_killed_mid_batch_has_its_jobs_retried(server) -> None:
-    job_ids = [_submit(server, frames="4", steps="12", seed=str(s)) for s in range(4)]
-    _until_running(server, job_ids, "base")
-    _kill_replica("BaseStage")
-    records = [_settled(server, j) for j in job_ids]
+    records = _kill_while_running(server, "BaseStage", jobs=4, steps="12")
     assert all(_ended_well(r) for r in records), records
     assert max(r["attempts"] for r in records) == 2, records  # the killed batch ran again
     assert _settled(server, _submit(server, frames="2", steps="1"))["status"] == "succeeded"
 
 
 def test_a_job_store_that_dies_is_replaced_and_drives_its_jobs_again(server) -> None:
-    job_ids = [_submit(server, frames="4", steps="8", seed=str(s)) for s in range(3)]
-    _until_running(server, job_ids, "base")
-    _kill_replica("JobStore")
-    records = [_settled(server, j) for j in job_ids]
+    records = _kill_while_running(server, "JobStore", jobs=3, steps="8")
     assert all(r["status"] == "succeeded" for r in records), records
     assert all(r["attempts"] == 2 for r in records), records  # read back from storage, then run again
 
