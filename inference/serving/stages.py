@@ -2,9 +2,10 @@
 
 They are separate so each gets its own replicas, GPUs and autoscaling (the base is cheap at
 448x256, the refiner at 1280x720 needs the big cards), and so they work as a pipeline: the
-refiner runs batch k while the base runs batch k+1. A call names a job; the stage reads the
-job's request from the results location, and the last stage writes the job's mp4 there,
-so neither requests nor videos pass through the job store.
+refiner runs batch k while the base runs batch k+1. A call names a job; the base reads the
+job's request from the results location and hands it, with its video, to the refiner; the
+last stage writes the job's mp4 there, so neither requests nor videos pass through the job
+store.
 
 ``@serve.batch`` gathers the requests waiting at the replica (waiting at most
 ``batch_wait_timeout_s`` for more); the cascade runs those with the same shape as one
@@ -74,9 +75,15 @@ class _StageReplica:
         self.store = serve.get_deployment_handle("JobStore", serve.get_replica_context().app_name)
         self._batched.set_batch_wait_timeout_s(deployment.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
-    async def generate(self, job_id: str, video: Optional[Video] = None) -> Video | int:
-        """The job's video from this stage; the last stage stores the mp4 and answers its size."""
-        request = await asyncio.to_thread(self.results.load_request, job_id)
+    async def generate(
+        self, job_id: str, upstream: Optional[tuple[Video, GenerationRequest]] = None
+    ) -> tuple[Video, GenerationRequest] | int:
+        """The job's video from this stage, handed on with its request (read from storage
+        once, by the first stage); the last stage stores the mp4 and answers its size."""
+        if upstream is None:
+            request, video = await asyncio.to_thread(self.results.load_request, job_id), None
+        else:
+            video, request = upstream
         self.waiting += 1
         share = math.ceil(self.waiting / self.stages)
         self._batched.set_max_batch_size(max(1, min(self.max_batch_size, share)))  # type: ignore[attr-defined]
@@ -90,7 +97,7 @@ class _StageReplica:
         finally:
             self.waiting -= 1
         if not self.last:
-            return out
+            return out, request
         mp4 = await asyncio.to_thread(mp4_bytes, out, request.fps, self.crf)
         await asyncio.to_thread(self.results.save_video, job_id, mp4)
         return len(mp4)

@@ -13,7 +13,8 @@ location before it counts, so:
   job stays "running" forever, and a cancelled one frees its slot at once.
 
 Media never pass through here: the base's output goes to the refiner as an object
-reference, and the last stage writes the mp4 to the results location itself.
+reference (with its request, read once by the base), and the last stage writes the mp4 to
+the results location itself.
 """
 
 from __future__ import annotations
