@@ -1,14 +1,14 @@
 """Training buckets: the aspect-ratio class and the (frames, fps) pairs a clip can supply for
-the paper's dynamic frames and FPS. (Each stage's crop box is ``pipeline.frames.centre_crop_box``,
+the paper's dynamic frames and FPS. The pairs come from the same config values training
+samples from (``train.frame_counts`` x ``train.fps_values``), so every shape training can
+draw is one curation labels. (Each stage's crop box is ``pipeline.frames.centre_crop_box``,
 shared with training and inference.)"""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-# Frame counts and sampling rates the paper trains on (1:1:1:5 and 1:2:4:1).
-FRAME_COUNTS = (1, 8, 16, 32)
-SAMPLE_FPS = (1, 4, 8, 16)
 ASPECT_BUCKETS = {"9:16": 9 / 16, "3:4": 3 / 4, "1:1": 1.0, "4:3": 4 / 3, "16:9": 16 / 9, "21:9": 21 / 9}
 
 
@@ -18,15 +18,22 @@ def aspect_bucket(width: int, height: int) -> str:
     return min(ASPECT_BUCKETS, key=lambda name: abs(math.log(ASPECT_BUCKETS[name]) - ratio))
 
 
-def frame_fps_pairs(num_frames: int, fps: float) -> list[dict[str, int]]:
+def span_seconds(frames: int, sample_fps: float) -> float:
+    """How long a run of ``frames`` frames spaced at ``1 / sample_fps`` lasts."""
+    return (frames - 1) / sample_fps
+
+
+def frame_fps_pairs(
+    num_frames: int, fps: float, frame_counts: Sequence[int], fps_values: Sequence[int]
+) -> list[dict[str, int]]:
     """Pairs (frames, sample_fps) whose frames fit in the clip without inventing any:
     the sampling rate is at most the source's, and the span fits in its frames."""
     pairs = []
-    for sample_fps in SAMPLE_FPS:
+    for sample_fps in fps_values:
         if sample_fps > fps + 1e-6:
             continue
         step = fps / sample_fps
-        for frames in FRAME_COUNTS:
+        for frames in frame_counts:
             if (frames - 1) * step + 1 <= num_frames + 1e-6:
                 pairs.append({"frames": frames, "fps": sample_fps})
     return pairs

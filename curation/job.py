@@ -1,66 +1,129 @@
-"""The curation job: inputs -> per-file Ray tasks -> aesthetic actor pool -> Lance tables.
+"""The curation job: one streaming Ray Data pipeline from the plan to Lance fragments.
 
-Work is committed in chunks of ``curation.chunk_size`` inputs. Each chunk's rows go through
-Ray Data (the aesthetic scorer as an actor pool that may hold a GPU) and are appended with
-lance-ray, one commit per table, so a killed run loses at most the chunk in flight. On every
-start the job reads which sources the tables already hold and skips them: re-running the
-same command appends nothing twice, and a resumed run ends with the same rows as an
-uninterrupted one. The keep / drop_reason / weight columns are recomputed over the whole
-table at the end of every run from the stored scores and the current thresholds, and the
-split column from each row's id and ``curation.val_fraction``.
+    plan (driver) -> FileStage actors (sandboxed per-file work; on CPU also score and write)
+                  [-> AestheticStage actors holding curation.scoring.aesthetic_gpus: score, write]
+                  -> fragment records -> driver: commits them every curation.commit_every_s
+
+The driver plans, commits and reports: media and rows stay in the object store and the
+workers, and Ray Data's backpressure keeps a slow stage from flooding it. A killed run
+loses at most the work since the last commit (fragments written but never committed are
+unreferenced files); the next run plans only the sources the tables do not account for, so
+it ends with the same rows as an uninterrupted run and re-running appends nothing. Then
+``curation.finalize`` recomputes the decisions over the whole tables and tags the result
+for readers.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator
 
-import numpy as np
-import pyarrow as pa
+import lance
 import ray
-from PIL import Image
+from lance.fragment import FragmentMetadata
+from tqdm.auto import tqdm
 
-from curation.decisions import balancing_weights, keep_and_reasons, split_of
-from curation.runner import run_items
-from curation.sources import InputReject, MediaItem, expand_inputs
-from curation.worker import process_item
+from curation.finalize import committed, finalize
+from curation.plan import Plan, write_plan
+from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
-from pipeline.tables import (
-    CLIPS, CLIPS_SCHEMA, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
-)
 
 log = logging.getLogger("curation")
 
-KEYFRAMES = pa.field("keyframes", pa.list_(pa.binary()))
-TABLES = {
-    "video": (CLIPS, without_decisions(CLIPS_SCHEMA), "clip_id"),
-    "image": (IMAGES, without_decisions(IMAGES_SCHEMA), "image_id"),
-}
+@dataclass
+class Progress:
+    """The job's running sums and its throughput per stage."""
+
+    started: float = field(default_factory=time.monotonic)
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, record: dict[str, Any]) -> None:
+        for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s"):
+            self.counts[key] += record[key]
+
+    def throughput(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self.started, 1e-9)
+        c = self.counts
+        return {
+            "wall_s": round(wall, 2),
+            "files_per_s": round(c["files"] / wall, 3),
+            "video_seconds_per_s": round(c["video_seconds"] / wall, 3),
+            "clips_per_s": round(c["clips"] / wall, 3),
+            "images_per_s": round(c["images"] / wall, 3),
+            # per busy second of each stage's workers: what one more worker would add
+            "file_stage_video_seconds_per_worker_s": round(c["video_seconds"] / c["work_s"], 3) if c["work_s"] else 0.0,
+            "aesthetic_rows_per_worker_s": round((c["clips"] + c["images"]) / c["aesthetic_s"], 1) if c["aesthetic_s"] else 0.0,
+        }
+
+    def line(self) -> str:
+        t = self.throughput()
+        return (f"{t['video_seconds_per_s']:.1f} video-s/s, {t['clips_per_s']:.1f} clips/s, "
+                f"{t['images_per_s']:.1f} images/s, {self.counts['rejects']} rejects")
 
 
-class AestheticStage:
-    """Actor for ``map_batches``: scores each row's keyframes, then drops them.
+class _Committer:
+    """Gathers the fragments the workers wrote and appends them, one commit per table."""
 
-    A class so the (possibly CLIP-sized) model loads once per actor, not once per batch.
-    """
+    def __init__(self, out: Path, every_s: float) -> None:
+        self.out, self.every_s = out, every_s
+        self.pending: dict[str, list[str]] = {name: [] for name in TABLE_SCHEMAS}
+        self.last = time.monotonic()
 
-    def __init__(self, head_weights: str | None, clip_weights: str | None, device: str) -> None:
-        from curation.scorers.aesthetic import build_aesthetic_scorer
+    def add(self, record: dict[str, Any]) -> None:
+        for name in TABLE_SCHEMAS:
+            self.pending[name] += json.loads(record[f"{name}_fragments"])
+        if time.monotonic() - self.last >= self.every_s:
+            self.commit()
 
-        self.scorer = build_aesthetic_scorer(head_weights, clip_weights, device)
+    def commit(self) -> None:
+        for name, fragments in self.pending.items():
+            if fragments:
+                uri = str(self.out / name)
+                metadata = [FragmentMetadata.from_json(f) for f in fragments]
+                lance.LanceDataset.commit(uri, lance.LanceOperation.Append(metadata),
+                                          read_version=lance.dataset(uri).version)
+                self.pending[name] = []
+        self.last = time.monotonic()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        scores = []
-        for frames in batch.column("keyframes").to_pylist():
-            images = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
-            scores.append(float(np.mean(self.scorer(images))))
-        out = batch.drop_columns(["keyframes"])
-        return out.append_column("aesthetic", pa.array(scores, pa.float32()))
+
+def _create_tables(out: Path) -> None:
+    """Empty tables with their schemas, so the workers' fragments have a dataset to join;
+    a folder left by a run killed before its first commit is written afresh."""
+    import shutil
+
+    for name, schema in TABLE_SCHEMAS.items():
+        uri = out / name
+        if committed(uri):
+            continue
+        shutil.rmtree(uri, ignore_errors=True)
+        lance.write_dataset(schema.empty_table(), str(uri), schema=schema)
+
+
+def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
+    """The job's dataset: plan units in (read lazily), fragment records out."""
+    scoring = config.curation.scoring
+    cpus = cluster_cpus()
+    units = ray.data.read_parquet(str(plan.path))
+    on_gpu = scoring.aesthetic_gpus > 0
+    # One unit per call: a video, or a batch of small inputs, is already a task's worth.
+    files = units.map_batches(FileStage, fn_constructor_args=(config, None if on_gpu else str(out)),
+                              batch_size=1, batch_format="pyarrow", concurrency=(1, cpus), num_cpus=1)
+    if not on_gpu:
+        return files
+    return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
+                             batch_size=None, concurrency=scoring.aesthetic_actors, num_gpus=scoring.aesthetic_gpus,
+                             num_cpus=0)
+
+
+def _records(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        yield from batch.to_pylist()
 
 
 def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: bool = True) -> dict[str, Any]:
@@ -68,147 +131,30 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     init_ray()
-    cfg = config.curation
-    items, source_rejects = expand_inputs(inputs)
-    done = _sources_done(out)
-    known_ids = {kind: _column(out / uri, key) for kind, (uri, _, key) in TABLES.items()}
-    new_rejects = [r for r in source_rejects if r.source not in done]
-    todo = [i for i in items if i.uri not in done]
-    log.info("%d inputs: %d already curated, %d to do", len(items) + len(source_rejects), len(done), len(todo))
-    _append_rejects(out, new_rejects)
-    counts: Counter[str] = Counter()
-    counts["rejects"] += len(new_rejects)
-    results = run_items(todo, process_item, config, cfg.file_timeout_s, cfg.max_retries, 2 * cluster_cpus(), progress)
-    chunk: list[dict[str, Any]] = []
-    for result in results:
-        chunk.append(result)
-        if len(chunk) >= cfg.chunk_size:
-            _commit(out, chunk, config, known_ids, counts)
-            chunk = []
-    if chunk:
-        _commit(out, chunk, config, known_ids, counts)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the job draws its own, with its throughput
+    # Ray 2.60's Parquet reader V2 starts 32 footer-reading actors before the first row; on
+    # a 2-core node that took 30 s for a plan of a few kilobytes. V1 reads it at once.
+    context.use_datasource_v2 = False
+    plan = write_plan(inputs, out, config.curation.images_per_task)
+    todo = plan.videos + plan.images
+    log.info("%d inputs to do (%d videos; images and input rejects %d) in %d units; %d already curated",
+             todo, plan.videos, plan.images, plan.units, plan.skipped)
+    _create_tables(out)
+    run = Progress()
+    if todo:
+        committer = _Committer(out, config.curation.commit_every_s)
+        bar = tqdm(total=todo, desc="curate", unit="file", disable=not progress)
+        for record in _records(build_pipeline(plan, out, config)):
+            run.add(record)
+            committer.add(record)
+            bar.update(record["files"])
+            bar.set_postfix_str(run.line(), refresh=False)
+        committer.commit()
+        bar.close()
     summary = finalize(out, config)
-    summary["this_run"] = dict(counts)
+    summary["this_run"] = {**{k: v for k, v in run.counts.items() if k in ("clips", "images", "rejects", "files")},
+                           "skipped": plan.skipped, "video_seconds": round(run.counts["video_seconds"], 2)}
+    summary["throughput"] = run.throughput()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _commit(out: Path, chunk: list[dict[str, Any]], config: Config, known_ids: dict[str, set], counts: Counter) -> None:
-    """Score aesthetics and append one chunk: rows first, then the rejects."""
-    rows: dict[str, list[dict[str, Any]]] = {"video": [], "image": []}
-    rejects: list[InputReject] = []
-    for result in chunk:
-        item: MediaItem = result["item"]
-        if "reject" in result:
-            stage, reason = result["reject"]
-            rejects.append(InputReject(item.uri, item.kind, stage, reason))
-            continue
-        key = TABLES[item.kind][2]
-        if result["rows"][0][key] in known_ids[item.kind]:
-            rejects.append(InputReject(item.uri, item.kind, "dedupe", "same content as a file already curated"))
-            continue
-        known_ids[item.kind].update(r[key] for r in result["rows"])
-        rows[item.kind] += result["rows"]
-    for kind, kind_rows in rows.items():
-        if kind_rows:
-            uri, schema, _ = TABLES[kind]
-            _write(out / uri, _scored(kind_rows, schema, config), schema)
-            counts["clips" if kind == "video" else "images"] += len(kind_rows)
-    _append_rejects(out, rejects)
-    counts["rejects"] += len(rejects)
-
-
-def _scored(rows: list[dict[str, Any]], schema: pa.Schema, config: Config) -> ray.data.Dataset:
-    scoring = config.curation.scoring
-    staged = pa.schema([f for f in schema if f.name != "aesthetic"] + [KEYFRAMES])
-    table = pa.Table.from_pylist(rows, schema=staged)
-    ds = ray.data.from_arrow(table).repartition(max(1, min(len(rows), scoring.aesthetic_actors * 4)))
-    device = "cuda" if scoring.aesthetic_gpus > 0 else "cpu"
-    return ds.map_batches(
-        AestheticStage,
-        fn_constructor_args=(scoring.aesthetic_head, scoring.aesthetic_clip, device),
-        batch_format="pyarrow",
-        batch_size=16,
-        concurrency=scoring.aesthetic_actors,
-        num_gpus=scoring.aesthetic_gpus,
-    ).map_batches(lambda b: b.select(schema.names).cast(schema), batch_format="pyarrow")
-
-
-def _committed(uri: Path) -> bool:
-    """A Lance table with at least one committed version. A run killed during its very first
-    write leaves a folder without ``_versions``: it holds nothing and is written afresh."""
-    return (uri / "_versions").is_dir() and any((uri / "_versions").iterdir())
-
-
-def _write(uri: Path, ds: ray.data.Dataset, schema: pa.Schema) -> None:
-    import shutil
-
-    import lance_ray
-
-    if uri.exists() and not _committed(uri):
-        shutil.rmtree(uri)
-    mode = "append" if _committed(uri) else "create"
-    lance_ray.write_lance(ds, str(uri), schema=schema, mode=mode)
-
-
-def _append_rejects(out: Path, rejects: Iterable[InputReject]) -> None:
-    rows = [{"source": r.source, "kind": r.kind, "stage": r.stage, "reason": r.reason} for r in rejects]
-    if rows:
-        _write(out / REJECTS, ray.data.from_arrow(pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)), REJECTS_SCHEMA)
-
-
-def _column(uri: Path, name: str) -> set:
-    if not _committed(uri):
-        return set()
-    import lance
-
-    return set(lance.dataset(str(uri)).to_table(columns=[name]).column(name).to_pylist())
-
-
-def _sources_done(out: Path) -> set[str]:
-    return set().union(*(_column(out / uri, "source") for uri in (CLIPS, IMAGES, REJECTS)))
-
-
-def finalize(out: Path, config: Config) -> dict[str, Any]:
-    """Recompute the decision columns for every row, compact, and summarise."""
-    import lance
-
-    cfg = config.curation
-    summary: dict[str, Any] = {"out": str(out)}
-    for kind, (name, _, key) in TABLES.items():
-        uri = out / name
-        if not _committed(uri):
-            continue
-        ds = lance.dataset(str(uri))
-        score_cols = ["aesthetic", "subject"] + (["motion"] if kind == "video" else [])
-        scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
-        keep, reasons = keep_and_reasons(scores, cfg.filters)
-        weights = balancing_weights(scores, keep, cfg.balance_bins)
-        splits = [split_of(row_id, cfg.val_fraction) for row_id in scores[key]]
-        decisions = pa.table(
-            {
-                key: scores[key].to_numpy(),
-                "keep": pa.array(keep),
-                "drop_reason": pa.array(reasons, pa.string()),
-                "weight": pa.array(weights, pa.float32()),
-                "split": pa.array(splits, pa.string()),
-            }
-        )
-        stale = [f.name for f in DECISION_FIELDS if f.name in ds.schema.names]
-        if stale:
-            ds.drop_columns(stale)
-            ds = lance.dataset(str(uri))
-        ds.merge(decisions, left_on=key)
-        ds = lance.dataset(str(uri))
-        ds.optimize.compact_files()
-        dropped = Counter(r.split(" ")[0] for r in reasons if r)
-        summary["clips" if kind == "video" else "images"] = {
-            "rows": len(scores),
-            "kept": int(keep.sum()),
-            "kept_val": sum(1 for k, s in zip(keep, splits) if k and s == "val"),
-            "dropped_by": dict(dropped),
-        }
-    if _committed(out / REJECTS):
-        stages = lance.dataset(str(out / REJECTS)).to_table(columns=["stage"]).column("stage").to_pylist()
-        summary["rejects"] = {"rows": len(stages), "by_stage": dict(Counter(stages))}
     return summary

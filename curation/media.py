@@ -1,9 +1,11 @@
 """The media pass: one more decode, at storage resolution, encoding every clip to H.264.
 
-Clips are sorted and disjoint, so one encoder is open at a time and each clip's mp4 bytes
-are finished as soon as its last frame passes: memory holds one clip's output, never the
-video. Frames are placed by timestamp, as in the analysis pass, so both passes agree on
-frame indices even where packets were damaged.
+Clips are sorted and disjoint, so one encoder, with its few frames of lookahead, is open
+at a time, and each clip's mp4 bytes are finished as soon as its last frame passes: memory
+never holds a clip's or the video's decoded frames. The finished clips' mp4 bytes
+(compressed, at storage size) stay until the file's rows are handed on together. Frames
+are placed by timestamp, as in the analysis pass, so both passes agree on frame indices
+even where packets were damaged.
 """
 
 from __future__ import annotations

@@ -61,9 +61,9 @@ def probe_video(uri: str, cfg: ProbeConfig) -> VideoInfo:
         raise Rejected("probe", "no such file")
     if info.size == 0:
         raise Rejected("probe", "empty file (0 bytes)")
-    try:
+    try:  # an OSError that is no FFmpegError is the filesystem layer's: left for a retry
         container = open_media(uri)
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
         raise Rejected("probe", f"not a readable video container ({type(err).__name__}: {err})") from err
     with container:
         if not container.streams.video:

@@ -23,9 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from curation.buckets import FRAME_COUNTS, SAMPLE_FPS  # noqa: E402
-from pipeline.config.schema import FiltersConfig  # noqa: E402
-from pipeline.tables import CLIPS, IMAGES, REJECTS  # noqa: E402
+from pipeline.config.schema import Config, FiltersConfig  # noqa: E402
+from pipeline.tables import CLIPS, IMAGES, REJECTS, open_curated  # noqa: E402
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -41,9 +40,7 @@ def _read(out: Path, name: str, columns: list[str]) -> Optional[pd.DataFrame]:
     path = out / name
     if not path.exists():
         return None
-    import lance
-
-    ds = lance.dataset(str(path))
+    ds = open_curated(path)
     return ds.to_table(columns=[c for c in columns if c in ds.schema.names]).to_pandas()
 
 
@@ -109,16 +106,16 @@ def reasons_table(df: pd.DataFrame) -> str:
     return _table(rows, ["reason", "rows", "examples"])
 
 
-def bucket_tables(clips: pd.DataFrame) -> str:
+def bucket_tables(clips: pd.DataFrame, frame_counts: list[int], fps_values: list[int]) -> str:
     kept = clips[clips["keep"].astype(bool)]
     aspect = Counter(kept["bucket"])
     pairs: Counter[tuple[int, int]] = Counter()
     for options in kept["frame_fps"]:
         pairs.update((int(o["frames"]), int(o["fps"])) for o in options)
-    grid = [[f] + [pairs.get((f, fps), 0) for fps in SAMPLE_FPS] for f in FRAME_COUNTS]
+    grid = [[f] + [pairs.get((f, fps), 0) for fps in fps_values] for f in frame_counts]
     return (_table(sorted(aspect.items()), ["aspect bucket", "kept clips"])
             + "<p>Kept clips able to supply each (frames, fps) pair:</p>"
-            + _table(grid, ["frames \\ fps", *SAMPLE_FPS]))
+            + _table(grid, ["frames \\ fps", *fps_values]))
 
 
 def contact_sheet(df: pd.DataFrame, title: str, id_column: str) -> str:
@@ -144,12 +141,28 @@ def _sheets(df: pd.DataFrame, top: int, id_column: str, what: str) -> str:
             + contact_sheet(dropped.head(top), f"worst dropped {what}", id_column))
 
 
-def write_report(out_dir: str | Path, filters: FiltersConfig, top: int = 8) -> Path:
+def throughput_table(summary: dict) -> str:
+    """The last run's throughput per stage, as ``summary.json`` holds it."""
+    labels = {
+        "wall_s": "wall time of the pipeline (s)",
+        "video_seconds_per_s": "video-seconds per second (whole job)",
+        "clips_per_s": "clips per second",
+        "images_per_s": "images per second",
+        "files_per_s": "inputs per second",
+        "file_stage_video_seconds_per_worker_s": "per-file stage: video-seconds per worker-second",
+        "aesthetic_rows_per_worker_s": "aesthetic stage: rows per worker-second",
+    }
+    figures = summary.get("throughput", {})
+    return _table([[label, figures[key]] for key, label in labels.items() if key in figures], ["last run", "figure"])
+
+
+def write_report(out_dir: str | Path, config: Config, top: int = 8) -> Path:
     out = Path(out_dir)
+    filters = config.curation.filters
     common = ["source", "caption", "aesthetic", "subject", "keep", "drop_reason", "weight", "thumbnail", "bucket"]
     clips = _read(out, CLIPS, ["clip_id", "motion", "motion_flow", "motion_vectors", "frame_fps", *common])
     images = _read(out, IMAGES, ["image_id", *common])
-    rejects = _read(out, REJECTS, ["source", "kind", "stage", "reason"])
+    rejects = _read(out, REJECTS, ["source", "kind", "stage", "reason", "retryable", "attempts"])
     parts = [f"<h1>Curation report: {html.escape(str(out))}</h1>"]
     totals = [
         ["clip rows", 0 if clips is None else len(clips), 0 if clips is None else int(clips["keep"].sum())],
@@ -159,6 +172,7 @@ def write_report(out_dir: str | Path, filters: FiltersConfig, top: int = 8) -> P
     parts.append(_table(totals, ["table", "rows", "kept"]))
     if (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
+        parts.append(throughput_table(summary))
         parts.append(f"<details><summary>summary.json</summary><pre>{html.escape(json.dumps(summary, indent=2))}</pre></details>")
     for name, df, scores, id_column in (("clips", clips, ["aesthetic", "motion", "subject"], "clip_id"),
                                         ("images", images, ["aesthetic", "subject"], "image_id")):
@@ -172,14 +186,15 @@ def write_report(out_dir: str | Path, filters: FiltersConfig, top: int = 8) -> P
         parts.append(f'<div class="figs">{"".join(figures)}</div>')
         parts.append(reasons_table(df))
         if name == "clips":
-            parts.append(bucket_tables(df))
+            parts.append(bucket_tables(df, config.train.frame_counts, config.train.fps_values))
         parts.append(_sheets(df, top, id_column, name))
     parts.append("<h2>rejects</h2>")
     if rejects is None or rejects.empty:
         parts.append('<p class="muted">no rejects</p>')
     else:
         parts.append(_table(sorted(Counter(rejects["stage"]).items()), ["stage", "rejects"]))
-        parts.append(_table(rejects[["source", "kind", "stage", "reason"]].values.tolist(), ["source", "kind", "stage", "reason"]))
+        columns = [c for c in ("source", "kind", "stage", "reason", "retryable", "attempts") if c in rejects]
+        parts.append(_table(rejects[columns].values.tolist(), columns))
     page = out / "report.html"
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>curation report</title>"
                     f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")

@@ -2,8 +2,8 @@
 
 Everything goes through ``pyarrow.fs``, so local paths and ``s3://``-style URIs are listed
 and read the same way. Manifests are CSV, JSONL or Parquet with a path-or-URI column and an
-optional caption column (the column names WebVid and LAION ship are recognised). A
-``name.txt`` beside ``name.mp4`` is that file's caption. A manifest row that cannot be used
+optional caption column (the column names WebVid and LAION ship are recognised), and are
+read a batch at a time. A ``name.txt`` beside ``name.mp4`` is that file's caption. A manifest row that cannot be used
 becomes a reject here; nothing is dropped silently.
 """
 
@@ -14,7 +14,8 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal, Optional
+import itertools
+from typing import Any, Iterator, Literal, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -33,11 +34,13 @@ Kind = Literal["video", "image"]
 
 @dataclass(frozen=True)
 class MediaItem:
-    """One input file to curate."""
+    """One input file to curate. A folder scan that finds ``name.txt`` beside the file names
+    it in ``caption_uri``; the worker reads it (the driver opens no per-file object)."""
 
     uri: str
     kind: Kind
     caption: Optional[str] = None
+    caption_uri: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def read_caption(item: MediaItem) -> Optional[str]:
+    """The item's caption: the manifest's, else its sidecar file's, else none."""
+    if item.caption is not None or item.caption_uri is None:
+        return item.caption
+    return read_bytes(item.caption_uri).decode("utf-8", errors="replace").strip() or None
+
+
 def media_kind(path: str) -> Optional[Kind]:
     ext = PurePosixPath(path).suffix.lower()
     if ext in VIDEO_EXTENSIONS:
@@ -78,12 +88,18 @@ def media_kind(path: str) -> Optional[Kind]:
     return None
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[MediaItem], list[InputReject]]:
-    """All media items named by ``inputs``, deduplicated by URI, in a stable order.
+@dataclass
+class Scan:
+    """What the inputs name: media files found by listing (URI -> item), the manifests to
+    read, and the inputs that named nothing."""
 
-    A manifest's entry wins over the same file found by a folder scan (it has the caption).
-    """
-    items: dict[str, MediaItem] = {}
+    media: dict[str, MediaItem]
+    manifests: list[tuple[pafs.FileSystem, str]]
+    rejects: list[InputReject]
+
+
+def scan_inputs(inputs: list[str]) -> Scan:
+    """List files, folders and globs (manifests are only found here, not read)."""
     rejects: list[InputReject] = []
     scanned: list[tuple[pafs.FileSystem, str]] = []
     for raw in inputs:
@@ -99,62 +115,92 @@ def expand_inputs(inputs: list[str]) -> tuple[list[MediaItem], list[InputReject]
             scanned.append((fs, path))
         else:
             rejects.append(InputReject(raw, "input", "source", "no such file, folder or glob match"))
-    manifests = [(fs, p) for fs, p in scanned if PurePosixPath(p).suffix.lower() in MANIFEST_EXTENSIONS]
+    listed = {to_uri(fs, path) for fs, path in scanned}
+    media: dict[str, MediaItem] = {}
     for fs, path in scanned:
-        kind = media_kind(path)
+        kind, uri = media_kind(path), to_uri(fs, path)
         if kind is not None:
-            items.setdefault(to_uri(fs, path), MediaItem(to_uri(fs, path), kind, _sidecar_caption(fs, path)))
-    for fs, path in manifests:
-        manifest_items, manifest_rejects = read_manifest(fs, path)
-        rejects += manifest_rejects
-        for item in manifest_items:
-            items[item.uri] = item
+            sidecar = to_uri(fs, str(PurePosixPath(path).with_suffix(".txt")))
+            media.setdefault(uri, MediaItem(uri, kind, caption_uri=sidecar if sidecar in listed else None))
+    manifests = [(fs, p) for fs, p in scanned if PurePosixPath(p).suffix.lower() in MANIFEST_EXTENSIONS]
+    return Scan(media, manifests, rejects)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[MediaItem], list[InputReject]]:
+    """All media items named by ``inputs``, deduplicated by URI, in a stable order (held in
+    memory: for tools and tests; the curation job streams ``scan_inputs`` and manifests).
+
+    A manifest's entry wins over the same file found by a folder scan (it has the caption).
+    """
+    scan = scan_inputs(inputs)
+    items, rejects = dict(scan.media), list(scan.rejects)
+    for fs, path in scan.manifests:
+        for entry in manifest_entries(fs, path):
+            if isinstance(entry, MediaItem):
+                items[entry.uri] = entry
+            else:
+                rejects.append(entry)
     return sorted(items.values(), key=lambda i: i.uri), rejects
 
 
-def read_manifest(fs: pafs.FileSystem, path: str) -> tuple[list[MediaItem], list[InputReject]]:
-    """Rows of a CSV / JSONL / Parquet manifest; unusable rows become rejects."""
+MANIFEST_BATCH_ROWS = 65536
+
+
+def manifest_entries(fs: pafs.FileSystem, path: str) -> Iterator[MediaItem | InputReject]:
+    """Rows of a CSV / JSONL / Parquet manifest, streamed a batch at a time (a manifest of
+    millions of rows is never held whole); unusable rows become rejects."""
     name = to_uri(fs, path)
     try:
-        table = _read_table(fs, path)
+        batches = _read_batches(fs, path)
+        first = next(batches, None)
     except (pa.ArrowInvalid, OSError) as err:
-        return [], [InputReject(name, "manifest", "source", f"unreadable manifest: {err}")]
-    path_col = next((c for c in PATH_COLUMNS if c in table.column_names), None)
+        yield InputReject(name, "manifest", "source", f"unreadable manifest: {err}")
+        return
+    if first is None:
+        return
+    path_col = next((c for c in PATH_COLUMNS if c in first.schema.names), None)
     if path_col is None:
         reason = f"manifest has no path column (looked for {', '.join(PATH_COLUMNS)})"
-        return [], [InputReject(name, "manifest", "source", reason)]
-    caption_col = next((c for c in CAPTION_COLUMNS if c in table.column_names), None)
-    paths = table.column(path_col).to_pylist()
-    captions = table.column(caption_col).to_pylist() if caption_col else [None] * len(paths)
+        yield InputReject(name, "manifest", "source", reason)
+        return
+    caption_col = next((c for c in CAPTION_COLUMNS if c in first.schema.names), None)
     base = str(PurePosixPath(path).parent)
-    items, rejects = [], []
-    for row, (entry, caption) in enumerate(zip(paths, captions)):
-        where = f"{name}#row{row}"
-        if not isinstance(entry, str) or not entry.strip():
-            rejects.append(InputReject(where, "manifest-row", "source", f"empty {path_col!r}"))
-            continue
-        entry = entry.strip()
-        if entry.startswith(("http://", "https://")):
-            rejects.append(InputReject(entry, "manifest-row", "source", "http(s) URLs are not fetched; download the files first"))
-            continue
-        if "://" not in entry and not os.path.isabs(entry):
-            entry = to_uri(fs, f"{base}/{entry}")
-        kind = media_kind(entry)
-        if kind is None:
-            rejects.append(InputReject(entry, "manifest-row", "source", "not a known video or image extension"))
-            continue
-        items.append(MediaItem(entry, kind, caption if isinstance(caption, str) else None))
-    return items, rejects
+    row = 0
+    try:
+        for batch in itertools.chain([first], batches):
+            paths = batch.column(path_col).to_pylist()
+            captions = batch.column(caption_col).to_pylist() if caption_col else [None] * len(paths)
+            for entry, caption in zip(paths, captions):
+                yield _manifest_entry(fs, base, f"{name}#row{row}", path_col, entry, caption)
+                row += 1
+    except (pa.ArrowInvalid, OSError) as err:
+        yield InputReject(f"{name}#row{row}", "manifest", "source", f"manifest unreadable from this row on: {err}")
 
 
-def _read_table(fs: pafs.FileSystem, path: str) -> pa.Table:
+def _manifest_entry(
+    fs: pafs.FileSystem, base: str, where: str, path_col: str, entry: Any, caption: Any
+) -> MediaItem | InputReject:
+    if not isinstance(entry, str) or not entry.strip():
+        return InputReject(where, "manifest-row", "source", f"empty {path_col!r}")
+    entry = entry.strip()
+    if entry.startswith(("http://", "https://")):
+        return InputReject(entry, "manifest-row", "source", "http(s) URLs are not fetched; download the files first")
+    if "://" not in entry and not os.path.isabs(entry):
+        entry = to_uri(fs, f"{base}/{entry}")
+    kind = media_kind(entry)
+    if kind is None:
+        return InputReject(entry, "manifest-row", "source", "not a known video or image extension")
+    return MediaItem(entry, kind, caption if isinstance(caption, str) else None)
+
+
+def _read_batches(fs: pafs.FileSystem, path: str) -> Iterator[pa.RecordBatch]:
     ext = PurePosixPath(path).suffix.lower()
     if ext == ".parquet":
-        return pq.read_table(path, filesystem=fs)
+        yield from pq.ParquetFile(fs.open_input_file(path)).iter_batches(batch_size=MANIFEST_BATCH_ROWS)
+        return
     with fs.open_input_stream(path) as f:
-        if ext == ".csv":
-            return pacsv.read_csv(f)
-        return pajson.read_json(f)
+        reader = pacsv.open_csv(f) if ext == ".csv" else pajson.open_json(f)
+        yield from reader
 
 
 def _glob(fs: pafs.FileSystem, raw: str, path: str) -> list[tuple[pafs.FileSystem, str]]:
@@ -163,11 +209,3 @@ def _glob(fs: pafs.FileSystem, raw: str, path: str) -> list[tuple[pafs.FileSyste
     prefix = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
     return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
-
-
-def _sidecar_caption(fs: pafs.FileSystem, path: str) -> Optional[str]:
-    sidecar = str(PurePosixPath(path).with_suffix(".txt"))
-    if fs.get_file_info(sidecar).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(sidecar) as f:
-        return f.read().decode("utf-8", errors="replace").strip() or None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 import av
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -255,7 +257,7 @@ def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int,
     return count
 
 
-def _timeline(shots: list[ShotSpec]) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, int, int]]]:
+def _timeline(shots: list[ShotSpec] | list[CameraShot]) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, int, int]]]:
     """Cuts, dissolves and shot spans, known before a single frame is drawn."""
     cuts, dissolves, spans, start = [], [], [], 0
     for n, spec in enumerate(shots):
@@ -269,15 +271,19 @@ def _timeline(shots: list[ShotSpec]) -> tuple[list[int], list[tuple[int, int]], 
 
 
 def _video_frames(shots: list[ShotSpec], height: int, width: int) -> Iterator[np.ndarray]:
-    """Every frame of the video in order, holding at most two shots' renderers.
+    """Every frame of the video in order, holding at most two shots' renderers."""
+    return _blended((_RENDERERS[spec.kind](spec, height, width), spec) for spec in shots)
+
+
+def _blended(shots: Iterable[tuple[Renderer, ShotSpec | CameraShot]]) -> Iterator[np.ndarray]:
+    """The frames of ``(renderer, spec)`` pairs back to back, with their transitions.
 
     A dissolve keeps the previous shot running past its end (its motion continues under
     the fade, as in a real cross-fade) and blends it out linearly over the new shot's
     first ``dissolve_frames`` frames.
     """
     previous: tuple[Renderer, int] | None = None
-    for n, spec in enumerate(shots):
-        render = _RENDERERS[spec.kind](spec, height, width)
+    for n, (render, spec) in enumerate(shots):
         fade = spec.dissolve_frames if n and spec.transition == "dissolve" else 0
         for i in range(spec.frames):
             frame = render(i)
@@ -307,6 +313,141 @@ def write_video(path: Path, shots: list[ShotSpec], fps: int = 24, size: tuple[in
 def write_long_video(path: Path, seconds: float, size: tuple[int, int] = (1280, 720), fps: int = 24) -> SyntheticVideo:
     """One long pan, streamed frame by frame: for memory and throughput on long inputs."""
     return write_video(path, [ShotSpec("pan", max(1, round(seconds * fps)), seed=7)], fps=fps, size=size)
+
+
+# --------------------------------------------------------------- camera moves over a picture
+
+
+@dataclass(frozen=True, eq=False)
+class CameraShot:
+    """A camera gliding over one still picture: a pan, tilt or zoom across a photograph.
+
+    Slow, smooth camera motion over smooth content changes pixels almost linearly, as a
+    cross-fade does, so these shots are the hard negatives of dissolve detection; a shot of
+    a black picture that dissolves in or out is a fade from or to black. ``pan`` is (right,
+    down) in output pixels per frame, ``zoom`` the relative change of scale per frame (0.01:
+    1% closer each frame, negative zooms out). ``transition`` and ``dissolve_frames`` mean
+    what they mean on ShotSpec.
+    """
+
+    picture: np.ndarray  # RGB uint8, any size: scaled once so that the whole path fits in it
+    frames: int
+    pan: tuple[float, float] = (0.0, 0.0)
+    zoom: float = 0.0
+    transition: Literal["cut", "dissolve"] = "cut"
+    dissolve_frames: int = 12
+
+    kind = "camera"  # the label of its span in SyntheticVideo.shots
+
+    def __post_init__(self) -> None:
+        if self.picture.ndim != 3 or self.picture.shape[2] != 3 or self.picture.dtype != np.uint8:
+            raise ValueError(f"picture must be RGB uint8, got {self.picture.dtype} {self.picture.shape}")
+        if self.frames < 1:
+            raise ValueError(f"a shot needs at least one frame, got {self.frames}")
+        if self.transition == "dissolve" and not 1 <= self.dissolve_frames <= self.frames:
+            raise ValueError(f"dissolve_frames must be in 1..{self.frames}, got {self.dissolve_frames}")
+
+
+def _camera(shot: CameraShot, size: tuple[int, int], span: int) -> Renderer:
+    """Frames of ``shot`` for indices ``0..span-1`` (a dissolve into the next shot runs the
+    camera on past ``shot.frames``), the path centred on the picture.
+
+    Each frame is one bicubic warp of the picture, scaled once so that the widest view of
+    the path just fits: the camera never sees past the picture's edge (a mirrored or black
+    border would be an edge that no real camera move shows).
+    """
+    width, height = size
+    scales = [(1 + shot.zoom) ** i for i in (0, span - 1)]
+    (dx, dy), travel = shot.pan, span - 1
+    need_w = width / min(scales) + abs(dx) * travel + 2
+    need_h = height / min(scales) + abs(dy) * travel + 2
+    rows, cols = shot.picture.shape[:2]
+    fit = max(need_w / cols, need_h / rows)
+    size_in = (math.ceil(cols * fit), math.ceil(rows * fit))
+    picture = cv2.resize(shot.picture, size_in, interpolation=cv2.INTER_AREA if fit < 1 else cv2.INTER_CUBIC)
+    centre_x, centre_y = (size_in[0] - 1) / 2 - dx * travel / 2, (size_in[1] - 1) / 2 - dy * travel / 2
+
+    def render(i: int) -> np.ndarray:
+        inv = (1 + shot.zoom) ** -i  # output pixels to picture pixels
+        x, y = centre_x + dx * i, centre_y + dy * i
+        affine = np.array([[inv, 0, x - inv * (width - 1) / 2], [0, inv, y - inv * (height - 1) / 2]], np.float32)
+        return cv2.warpAffine(picture, affine, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    return render
+
+
+def write_camera_video(path: Path, shots: list[CameraShot], fps: int = 24, size: tuple[int, int] = (480, 270),
+                       crf: int = 23) -> SyntheticVideo:
+    """Encode camera ``shots`` back to back as H.264 into ``path``; returns the ground truth."""
+    if not shots:
+        raise ValueError("a video needs at least one shot")
+    runs_on = [nxt.dissolve_frames if nxt.transition == "dissolve" else 0 for nxt in shots[1:]] + [0]
+    renderers = ((_camera(shot, size, shot.frames + extra), shot) for shot, extra in zip(shots, runs_on))
+    cuts, dissolves, spans = _timeline(shots)
+    count = _encode(Path(path), _blended(renderers), fps, size, "h264", crf)
+    return SyntheticVideo(Path(path), fps, size[0], size[1], count, cuts, dissolves, spans)
+
+
+def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic stand-in for a photograph, as RGB uint8.
+
+    Natural images have an amplitude spectrum falling as 1/f, soft-edged objects and smooth
+    lighting; white or band-limited noise (the shot kinds above) has none of these, and a
+    detector tuned on it can fail on photographs. This is luminance noise whose amplitude
+    falls as 1/f^1.3 (a smooth photograph; 1/f is a busy one) and smoother colour noise
+    (1/f^2), under a lighting ramp, with a few soft-edged ellipses in front.
+    """
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+    frequency = np.maximum(np.hypot(fy, fx), 1.0 / max(height, width))
+
+    def noise(exponent: float) -> np.ndarray:
+        spectrum = np.fft.rfft2(rng.standard_normal((height, width))) * frequency**-exponent
+        field = np.fft.irfft2(spectrum, s=(height, width))
+        return (field - field.mean()) / (field.std() + 1e-8)
+
+    light = np.add.outer(np.linspace(-0.5, 0.5, height), rng.uniform(-0.5, 0.5) * np.linspace(-1, 1, width))
+    luma = 0.45 + 0.12 * noise(1.3) + 0.2 * light
+    rgb = luma[..., None] + 0.06 * np.stack([noise(2.0) for _ in range(3)], axis=-1)
+    canvas = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
+    shapes = Image.new("RGB", (width, height))
+    mask = Image.new("L", (width, height))
+    for _ in range(5):
+        cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
+        rx, ry = rng.uniform(0.05, 0.2) * width, rng.uniform(0.05, 0.2) * height
+        r, g, b = colorsys.hsv_to_rgb(float(rng.random()), 0.5, float(rng.uniform(0.3, 0.9)))
+        ImageDraw.Draw(shapes).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=(int(r * 255), int(g * 255), int(b * 255)))
+        ImageDraw.Draw(mask).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    blur = cv2.GaussianBlur(np.asarray(mask), (0, 0), max(1.0, min(width, height) / 200)).astype(np.float32)[..., None] / 255
+    soft = cv2.GaussianBlur(np.asarray(shapes), (0, 0), max(1.0, min(width, height) / 200)).astype(np.float32)
+    out = np.asarray(canvas, np.float32) * (1 - blur) + soft  # the blurred shapes are premultiplied by the blurred mask
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def smooth_gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A picture with no edges at all, as RGB uint8: per channel, a sum of a few very low
+    frequency waves (a sky, a studio backdrop). A pan over it changes every pixel almost
+    exactly linearly over time, which is the hardest case for telling motion from a fade."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    xx, yy = xx / max(height, width), yy / max(height, width)
+    channels = []
+    for _ in range(3):
+        wave = sum(np.cos(2 * math.pi * (rng.uniform(0.2, 1.2) * (math.cos(t) * xx + math.sin(t) * yy)) + rng.uniform(0, 6.3))
+                   for t in rng.uniform(0, math.pi, 3))
+        channels.append(0.5 + 0.13 * wave)
+    return (np.clip(np.stack(channels, axis=-1), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def sample_photographs() -> list[Path]:
+    """Real photographs that ship with installed packages (none are downloaded): for tests
+    and benchmarks that want real content beside ``photo_like``. May be empty."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        return []
+    photo = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    return [photo] if photo.is_file() else []
 
 
 # ------------------------------------------------------------------------------ images

@@ -1,5 +1,7 @@
-"""What one Ray task does for one input: a video becomes clip rows, an image one image row,
-and anything unusable raises ``Rejected`` with its stage and reason.
+"""The work on one input, as its sandboxed child process runs it: a video becomes clip rows,
+an image one image row, and anything unusable raises ``Rejected`` with its stage and
+reason. An I/O error that may pass (an object store's 5xx) is left to propagate as the
+``OSError`` it is, so the sandbox can retry it (``curation.sandbox``).
 
 Rows carry their scores and media but not ``aesthetic`` (scored next, by an actor pool that
 may hold a GPU) nor the keep / weight decisions (made over the whole table at the end).
@@ -19,7 +21,7 @@ from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.media import encode_clips, storage_size
 from curation.probe import Rejected, probe_video
 from curation.scorers.subject import subject_share
-from curation.sources import MediaItem, read_bytes, resolve
+from curation.sources import MediaItem, read_bytes, read_caption, resolve
 from curation.split import clip_from_segment
 from pipeline.config.schema import Config
 from pipeline.frames import centre_crop_box
@@ -45,8 +47,9 @@ def _crops(width: int, height: int, config: Config) -> dict[str, Any]:
     }
 
 
-def process_video(item: MediaItem, config: Config) -> list[dict[str, Any]]:
-    """Probe, analyse (shots, motion, subject), split and encode one video."""
+def process_video(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]], float]:
+    """Probe, analyse (shots, motion, subject), split and encode one video; also returns
+    the video's length in seconds (the unit of curation's throughput)."""
     cfg = config.curation
     info = probe_video(item.uri, cfg.probe)
     digest = source_sha256(item.uri)
@@ -63,6 +66,7 @@ def process_video(item: MediaItem, config: Config) -> list[dict[str, Any]]:
         )
     size = storage_size(info.width, info.height, config.stages.refiner.width, config.stages.refiner.height)
     videos = encode_clips(item.uri, info, [(d.start, d.end) for d in drafts], size, cfg.media)
+    caption = read_caption(item) or ""
     motion_key = "motion_flow" if cfg.scoring.motion == "farneback" else "motion_vectors"
     rows = []
     for draft, video in zip(drafts, videos):
@@ -79,12 +83,12 @@ def process_video(item: MediaItem, config: Config) -> list[dict[str, Any]]:
                 "width": info.width,
                 "height": info.height,
                 "num_frames": num_frames,
-                "caption": item.caption or "",
+                "caption": caption,
                 "motion": scores[motion_key],
                 **scores,
                 "subject": draft.subject,
                 **_crops(info.width, info.height, config),
-                "frame_fps": frame_fps_pairs(num_frames, info.fps),
+                "frame_fps": frame_fps_pairs(num_frames, info.fps, config.train.frame_counts, config.train.fps_values),
                 "video_width": size[0],
                 "video_height": size[1],
                 "thumbnail": draft.thumbnail,
@@ -92,14 +96,14 @@ def process_video(item: MediaItem, config: Config) -> list[dict[str, Any]]:
                 "keyframes": draft.keyframes,
             }
         )
-    return rows
+    return rows, info.duration
 
 
 def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
     """Check, measure and score one image; its original bytes are stored unchanged."""
     try:
         data = read_bytes(item.uri)
-    except (FileNotFoundError, OSError) as err:
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
         raise Rejected("image", f"cannot read ({err})") from err
     if not data:
         raise Rejected("image", "empty file (0 bytes)")
@@ -121,7 +125,7 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
         {
             "image_id": hashlib.sha256(data).hexdigest()[:16],
             "source": item.uri,
-            "caption": item.caption or "",
+            "caption": read_caption(item) or "",
             "width": width,
             "height": height,
             "subject": subject_share(small),
@@ -133,11 +137,8 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
     ]
 
 
-def process_item(item: MediaItem, config: Config) -> dict[str, Any]:
-    """The task body: rows on success, a reject record otherwise (never an exception for
-    bad input, so Ray only retries real crashes)."""
-    try:
-        rows = process_video(item, config) if item.kind == "video" else process_image(item, config)
-        return {"item": item, "rows": rows}
-    except Rejected as rejected:
-        return {"item": item, "reject": (rejected.stage, rejected.reason)}
+def process_item(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]], float]:
+    """Rows for one input and the video-seconds it held (0 for an image)."""
+    if item.kind == "video":
+        return process_video(item, config)
+    return process_image(item, config), 0.0

@@ -118,7 +118,7 @@ def run_demo(out_dir: str | Path, budget: DemoBudget = DemoBudget()) -> dict[str
         _write_heldout(corpus / HELDOUT_FOLDER)
     with _stage("curation", timings):
         curation = curate([str(corpus)], data, load_config("tiny"), progress=False)
-        write_report(data, load_config("tiny").curation.filters)
+        write_report(data, load_config("tiny"))
     for stage, steps in (("base", budget.base_steps), ("refiner", budget.refiner_steps)):
         with _stage(f"train {stage}", timings):
             run, export_path = runs / stage, exports / f"{stage}.safetensors"

@@ -71,7 +71,7 @@ def _curate_report(args: argparse.Namespace) -> int:
         raise SystemExit("usage: i2vgen curate report DIR")
     from curation.report import write_report
 
-    print(write_report(args.inputs[1], _config_from(args).curation.filters))
+    print(write_report(args.inputs[1], _config_from(args)))
     return 0
 
 

@@ -8,6 +8,9 @@ without loading its neighbours (``LanceDataset.take_blobs``).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 
 CLIPS = "clips.lance"
@@ -104,10 +107,27 @@ REJECTS_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string()),
         pa.field("kind", pa.string()),  # video | image | manifest-row
-        pa.field("stage", pa.string()),  # source | probe | decode | split | image | worker
+        pa.field("stage", pa.string()),  # source | probe | decode | split | image | worker | dedupe
         pa.field("reason", pa.string()),
+        # A transient failure (I/O error, lost worker, out-of-memory kill) that outlived its
+        # retries: the next run tries the file again. Terminal rejects are never retried.
+        pa.field("retryable", pa.bool_()),
+        pa.field("attempts", pa.int32()),  # tries over all runs
     ]
 )
+
+# The version of each curated table that curation's last finished run tagged: readers open
+# it, so a run in progress (or one killed mid-way) never shows them half-written tables.
+CURATED_TAG = "curated"
+
+
+def open_curated(uri: str | Path) -> Any:
+    """The Lance dataset at ``uri`` as the last finished curation run left it (the latest
+    version for tables written before curation tagged its versions)."""
+    import lance
+
+    ds = lance.dataset(str(uri))
+    return lance.dataset(str(uri), version=CURATED_TAG) if CURATED_TAG in ds.tags.list() else ds
 
 
 def without_decisions(schema: pa.Schema) -> pa.Schema:

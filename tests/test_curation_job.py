@@ -19,7 +19,7 @@ import pytest
 from curation.synthetic import write_sample_corpus
 from pipeline.tables import CLIPS, IMAGES, REJECTS
 
-ARGS = ["--preset", "tiny", "--quiet", "--set", "curation.chunk_size=2"]
+ARGS = ["--preset", "tiny", "--quiet", "--set", "curation.commit_every_s=0"]
 
 
 def _curate(*args: str, **kwargs) -> subprocess.CompletedProcess:

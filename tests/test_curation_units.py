@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from curation.analysis import iter_segments
 from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.decisions import balancing_weights, keep_and_reasons
 from curation.probe import Rejected, probe_video
-from curation.sources import MediaItem, expand_inputs
+from curation.sources import MediaItem, expand_inputs, read_caption
 from curation.split import clip_from_segment
 from curation.synthetic import ShotSpec, write_broken_files, write_video
 from curation.worker import process_item
@@ -56,7 +57,7 @@ def test_sources_expand_folders_globs_manifests_and_sidecars(tmp_path, multishot
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "x.mov", "caption": "from jsonl"}) + "\n")
     items, rejects = expand_inputs([str(videos), str(tmp_path / "m.parquet"), str(tmp_path / "*.jsonl"), str(tmp_path / "absent")])
     by_uri = {i.uri: i for i in items}
-    assert by_uri[str(videos / "a.mp4")].caption == "a pan over hills"
+    assert read_caption(by_uri[str(videos / "a.mp4")]) == "a pan over hills"  # the sidecar, read by the worker
     assert by_uri[str(image)] == MediaItem(str(image), "image", "a")
     assert by_uri[str(tmp_path / "rel.jpg")].caption == "d"  # relative to the manifest
     assert by_uri[str(tmp_path / "x.mov")].kind == "video"
@@ -139,8 +140,8 @@ def test_long_shots_are_windowed_and_memory_is_per_segment(tmp_path) -> None:
 
 def test_video_rows_score_static_below_pan(multishot) -> None:
     config = load_config("tiny")
-    result = process_item(MediaItem(str(multishot.path), "video", "five shots"), config)
-    rows = result["rows"]
+    rows, seconds = process_item(MediaItem(str(multishot.path), "video", "five shots"), config)
+    assert seconds == pytest.approx(multishot.shots[-1][2] / 24, rel=0.05)
     kinds = []
     for row in rows:
         middle = (row["start_frame"] + row["end_frame"]) // 2
@@ -158,22 +159,26 @@ def test_video_rows_score_static_below_pan(multishot) -> None:
 def test_broken_files_become_rejects_not_exceptions(broken) -> None:
     config = load_config("tiny")
     for name in ("zero_byte", "truncated", "text", "audio_only", "one_frame", "tiny", "vfr", "corrupt_middle"):
-        result = process_item(MediaItem(str(broken[name]), "video"), config)
-        if name == "corrupt_middle" and "rows" in result:
-            continue  # damage can spare whole shots; those clips are fine to keep
-        stage, reason = result["reject"]
-        assert stage in ("probe", "decode", "split") and reason, (name, result)
-    result = process_item(MediaItem(str(broken["text"]).replace(".mp4", ".jpg"), "image"), config)
-    assert result["reject"][0] == "image"
+        try:
+            process_item(MediaItem(str(broken[name]), "video"), config)
+        except Rejected as rejected:
+            assert rejected.stage in ("probe", "decode", "split") and rejected.reason, name
+        else:
+            assert name == "corrupt_middle", name  # damage can spare whole shots; those clips are fine to keep
+    with pytest.raises(Rejected) as rejected:
+        process_item(MediaItem(str(broken["text"]).replace(".mp4", ".jpg"), "image"), config)
+    assert rejected.value.stage == "image"
 
 
 def test_buckets() -> None:
     assert aspect_bucket(1920, 1080) == "16:9" and aspect_bucket(1080, 1920) == "9:16" and aspect_bucket(512, 500) == "1:1"
-    pairs = {(p["frames"], p["fps"]) for p in frame_fps_pairs(48, 24.0)}
+    paper = ([1, 8, 16, 32], [1, 4, 8, 16])
+    pairs = {(p["frames"], p["fps"]) for p in frame_fps_pairs(48, 24.0, *paper)}
     assert (32, 16) in pairs and (16, 8) in pairs and (8, 4) in pairs
     assert (32, 8) not in pairs  # 32 frames at 8 fps span 4 s; the clip has 2 s
     assert all(f == 1 or fps <= 24 for f, fps in pairs)
-    assert {(p["frames"], p["fps"]) for p in frame_fps_pairs(10, 10.0)} == {(1, 1), (1, 4), (1, 8), (8, 8)}  # 8 at 4 fps spans 1.75 s
+    assert {(p["frames"], p["fps"]) for p in frame_fps_pairs(10, 10.0, *paper)} == {(1, 1), (1, 4), (1, 8), (8, 8)}  # 8 at 4 fps spans 1.75 s
+    assert {p["fps"] for p in frame_fps_pairs(48, 24.0, [1, 8], [2, 3])} == {2, 3}  # the config's rates, whatever they are
 
 
 def test_decisions_name_the_reason_and_balance_strata() -> None:
@@ -193,21 +198,55 @@ def test_decisions_name_the_reason_and_balance_strata() -> None:
     assert w[9] > 5 * w[0]  # the rare stratum is drawn as often as the common one in total
 
 
-def test_runner_turns_hangs_and_crashes_into_rejects(ray_local) -> None:
-    from curation.runner import run_items
+FIRST_TRIES: dict[str, int] = {}
 
-    def flaky(item: MediaItem, config) -> dict:
-        if item.uri == "hang":
-            time.sleep(600)
-        if item.uri == "crash":
-            os.abort()  # what decord does on some corrupt H.264
-        if item.uri == "bug":
-            raise KeyError("missing field")
-        return {"item": item, "rows": [{"ok": item.uri}]}
 
-    items = [MediaItem(u, "video") for u in ("good", "hang", "crash", "bug", "good2")]
-    results = {r["item"].uri: r for r in run_items(items, flaky, None, timeout_s=8, max_retries=1, max_in_flight=4, progress=False)}
-    assert results["good"]["rows"] == [{"ok": "good"}] and results["good2"]["rows"] == [{"ok": "good2"}]
-    assert "timed out" in results["hang"]["reject"][1]
-    assert "crashed" in results["crash"]["reject"][1]
-    assert results["bug"]["reject"] == ("worker", "KeyError: 'missing field'")
+def flaky_work(item: MediaItem, config) -> tuple[list[dict], float]:
+    """Module-level, so the sandbox's spawned child can import it by name."""
+    if item.uri == "hang":
+        time.sleep(600)
+    if item.uri == "crash":
+        os.abort()  # what decord does on some corrupt H.264
+    if item.uri == "bug":
+        raise KeyError("missing field")
+    if item.uri == "absent":
+        raise FileNotFoundError("no such object")
+    if item.uri.startswith("flaky"):  # fails while its marker file exists, then succeeds
+        marker = Path(item.uri.split(":", 1)[1])
+        if marker.exists():
+            marker.unlink()
+            raise OSError("AWS Error SLOW_DOWN during GetObject operation: 503")
+    if item.uri == "down":
+        raise OSError("When reading information for key: AWS Error NETWORK_CONNECTION")
+    return [{"ok": item.uri}], 1.5
+
+
+def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
+    from curation.sandbox import Sandbox
+
+    config = load_config("tiny", overrides=["curation.file_timeout_s=6", "curation.max_retries=2",
+                                            "curation.retry_backoff_s=0.05"])
+    sandbox = Sandbox(config, work=flaky_work)
+    marker = tmp_path / "fail-once"
+    marker.touch()
+    try:
+        outcomes = {uri: sandbox.run(MediaItem(uri, "video"), prior_attempts=0)
+                    for uri in ("good", "hang", "crash", "bug", "absent", f"flaky:{marker}", "down", "good2")}
+    finally:
+        sandbox.close()
+    good = outcomes["good"]
+    assert good.rows == [{"ok": "good"}] and good.video_seconds == 1.5 and good.reject is None
+    assert outcomes["good2"].rows == [{"ok": "good2"}]  # the sandbox survives all of the above
+    flaky = outcomes[f"flaky:{marker}"]
+    assert flaky.rows and flaky.attempts == 2  # failed once, then succeeded
+    hang = outcomes["hang"]
+    assert "timed out after 6 s" in hang.reject[1] and not hang.retryable and hang.attempts == 1
+    crash = outcomes["crash"]
+    assert "crashed" in crash.reject[1] and "SIGABRT" in crash.reject[1] and not crash.retryable
+    assert crash.attempts == 3  # retried: an abort can be a dying node as well as a bad file
+    assert outcomes["bug"].reject == ("worker", "KeyError: 'missing field'") and outcomes["bug"].retryable
+    assert outcomes["bug"].attempts == 1  # a defect is not retried in the run, only by the next one
+    absent = outcomes["absent"]
+    assert absent.reject[0] == "read" and not absent.retryable and absent.attempts == 1
+    down = outcomes["down"]
+    assert down.retryable and down.attempts == 3 and "after 3 tries" in down.reject[1]

@@ -32,7 +32,7 @@ def test_sampling_sees_the_pixels_training_sees(tmp_path, tiny) -> None:
     image = _photo_like()
     path = tmp_path / "photo.png"
     Image.fromarray(image).save(path)
-    row = process_item(MediaItem(str(path), "image"), tiny)["rows"][0]  # curation's row, with its crops
+    row = process_item(MediaItem(str(path), "image"), tiny)[0][0]  # curation's row, with its crops
     stored = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))[None]  # as MediaSource.image
     stage = tiny.stages.base
     crop, scale = stage_crop(row, "base", "images")

@@ -12,12 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from curation.scorers.aesthetic import (
-    ClipAestheticScorer,
-    LaionAestheticHead,
-    QualityScorer,
-    build_aesthetic_scorer,
-)
+from curation.scorers.aesthetic import QualityScorer, build_aesthetic_scorer
+from curation.scorers.laion import ClipAestheticScorer, LaionAestheticHead
 from curation.scorers.motion import (
     flow_magnitude,
     frames_with_reference_distances,

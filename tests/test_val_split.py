@@ -10,7 +10,7 @@ import lance
 import pytest
 
 from curation.decisions import split_of
-from curation.job import finalize
+from curation.finalize import finalize
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.config.loader import ConfigError

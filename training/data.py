@@ -22,7 +22,7 @@ import pyarrow as pa
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.frames import crop_resize
-from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table
+from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table, open_curated
 
 if TYPE_CHECKING:
     from training.encodings import Encodings
@@ -65,8 +65,6 @@ def load_catalog(
     split column, else none. ``include_val`` keeps them (``i2vgen encode`` stores encodings
     for every row, so the validation loss can read them too). A row where ``val_where`` is
     NULL is a training row. Every problem is a ConfigError before any worker starts."""
-    import lance
-
     data = Path(data_dir)
     if not (data / CLIPS).exists():
         raise ConfigError(f"--data: {data / CLIPS} does not exist; run `i2vgen curate ... --out {data}` first")
@@ -75,7 +73,7 @@ def load_catalog(
     for name, columns in ((CLIPS, CLIP_COLUMNS), (IMAGES, IMAGE_COLUMNS)):
         if not (data / name).exists():
             continue
-        ds = lance.dataset(str(data / name))
+        ds = open_curated(data / name)
         missing = [c for c in columns + ["keep"] if c not in ds.schema.names]
         if missing:
             raise ConfigError(f"--data: {name} has no column {missing[0]!r} (was it written by this version's curation?)")
@@ -86,7 +84,7 @@ def load_catalog(
         tables[name] = ds.to_table(columns=columns, filter=condition, with_row_id=True)
     if tables[CLIPS].num_rows == 0:
         message = f"--data: {data / CLIPS} has no kept rows" + (f" matching {where!r}" if where else "")
-        validation = lance.dataset(str(data / CLIPS)).count_rows(filter=kept) if held_out[CLIPS] else 0
+        validation = open_curated(data / CLIPS).count_rows(filter=kept) if held_out[CLIPS] else 0
         if validation:
             message += (f" outside the validation rows: all {validation} match {held_out[CLIPS]!r}; "
                         "lower curation.val_fraction or set train.val_where")
@@ -154,11 +152,10 @@ class MediaSource:
     """One process's handles on the curated media: a row's blob as decoded frames."""
 
     def __init__(self, data_dir: str, images: bool) -> None:
-        import lance
-
-        self.datasets = {"clips": lance.dataset(str(Path(data_dir) / CLIPS))}
+        # The version the catalog was read from: row ids are addresses within a version.
+        self.datasets = {"clips": open_curated(Path(data_dir) / CLIPS)}
         if images:
-            self.datasets["images"] = lance.dataset(str(Path(data_dir) / IMAGES))
+            self.datasets["images"] = open_curated(Path(data_dir) / IMAGES)
 
     def video(self, row_id: int):
         """The clip's stored mp4 as a decord reader (frames are decoded on request)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config.loader import ConfigError
 from pipeline.frames import crop_resize
-from pipeline.tables import CLIPS
+from pipeline.tables import CLIPS, open_curated
 from training.data import MediaSource, stage_crop
 
 _COLUMNS = ["clip_id", "caption", "fps", "num_frames", "width", "video_width"]
@@ -65,12 +65,10 @@ def heldout_rows(
     """The matching kept rows (small columns only, ordered by clip_id) that hold ``frames``
     frames at ``fps``; a ConfigError names ``option`` when there are none. A driver can call
     it to check a filter before any worker starts: it reads no media."""
-    import lance
-
     path = Path(data_dir) / CLIPS
     if not path.exists():
         raise ConfigError(f"--data: {path} does not exist; run `i2vgen curate ... --out {data_dir}` first")
-    dataset = lance.dataset(str(path))
+    dataset = open_curated(path)
     if "split" not in dataset.schema.names and re.search(r"\bsplit\b", where):
         raise ConfigError(f"{option} {where!r}: {path} has no split column (curated before splits existed); "
                           f"re-curate it or choose the held-out rows with another {option}")

@@ -3,102 +3,13 @@ weight-free image-quality score otherwise, so a run without downloads still rank
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import cv2
 import numpy as np
-import open_clip
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from pipeline.models.weights import load_into, read_state_dict
-
-LAION_EMBED_DIM = 768  # CLIP ViT-L/14's image embedding, what the released head was fit on
-
-
-class LaionAestheticHead(nn.Module):
-    """LAION's "improved aesthetic predictor" (``sac+logos+ava1-l14-linearMSE.pth``).
-
-    Module names match the released file so it loads as is. Upstream commented its ReLUs
-    out, so the whole head is one affine map of the L2-normalised CLIP ViT-L/14 image
-    embedding; the dropouts only mattered in training.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(LAION_EMBED_DIM, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        """``(N, 768)`` normalised embeddings -> ``(N,)`` scores."""
-        return self.layers(embedding).squeeze(-1)
-
-
-class ClipAestheticScorer:
-    """CLIP ViT-L/14 image embedding of each frame's centre square -> LAION head.
-
-    ``clip_weights`` must be OpenAI's ViT-L/14 in open_clip's state-dict layout (the head was
-    fit on those embeddings; other ViT-L/14 weights load but score nonsense). OpenAI's CLIP
-    uses QuickGELU, which open_clip's ``ViT-L-14`` config does not say, so the model is built
-    with ``quick_gelu=True``: the weights would load either way, the embeddings would not
-    match. ``arch`` is an open_clip config name or the config itself (tests pass a tiny one
-    with a 768-d embedding).
-    """
-
-    def __init__(
-        self,
-        head_weights: str,
-        clip_weights: str,
-        device: str = "cpu",
-        arch: str | Mapping[str, Any] = "ViT-L-14",
-        batch_size: int = 32,
-    ) -> None:
-        config = open_clip.get_model_config(arch) if isinstance(arch, str) else dict(arch)
-        if config is None:
-            raise ValueError(f"unknown open_clip architecture {arch!r}")
-        if config["embed_dim"] != LAION_EMBED_DIM:
-            raise ValueError(
-                f"the aesthetic head needs a {LAION_EMBED_DIM}-d CLIP embedding; {arch!r} has {config['embed_dim']}"
-            )
-        clip = open_clip.CLIP(**{**config, "quick_gelu": True})
-        # The whole CLIP is loaded so a wrong file fails strictly; only its image tower is kept.
-        load_into(clip, read_state_dict(clip_weights), source=f"aesthetic CLIP weights ({clip_weights})")
-        self.visual = clip.visual.to(device).eval().requires_grad_(False)
-        self.head = LaionAestheticHead()
-        load_into(self.head, read_state_dict(head_weights), source=f"aesthetic head weights ({head_weights})")
-        self.head.to(device).eval().requires_grad_(False)
-        size = self.visual.image_size
-        self.size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device).view(1, 3, 1, 1)
-        self.device = device
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 RGB -> ``(N,)`` float32 scores, in batches of ``batch_size``."""
-        scores = [self._score_batch(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
-        return np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
-
-    def _score_batch(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255
-        h, w = x.shape[-2:]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        x = x[..., top : top + side, left : left + side]
-        # Bicubic with antialiasing, as CLIP's own PIL preprocessing does when shrinking.
-        x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        embedding = F.normalize(self.visual((x - self.mean) / self.std), dim=-1)
-        return self.head(embedding).float().cpu().numpy()
+if TYPE_CHECKING:
+    from curation.scorers.laion import ClipAestheticScorer
 
 
 class QualityScorer:
@@ -157,6 +68,8 @@ def build_aesthetic_scorer(
     silently switching scales would make ``min_aesthetic`` mean something else.
     """
     if head_weights and clip_weights:
+        from curation.scorers.laion import ClipAestheticScorer
+
         return ClipAestheticScorer(head_weights, clip_weights, device, arch=arch)
     if head_weights or clip_weights:
         missing = "curation.scoring.aesthetic_clip (CLIP ViT-L/14 weights)" if head_weights else (

@@ -233,6 +233,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"encode.grid_fps: {config.encode.grid_fps} is not a multiple of train.fps_values entry {off_grid[0]}"
         )
+    _validate_curation(config)
     if not 0.0 <= config.curation.val_fraction < 1.0:
         raise ConfigError(f"curation.val_fraction: must lie in [0, 1), got {config.curation.val_fraction}")
     if not 0 < config.sampling.refine_from <= config.diffusion.num_train_timesteps:
@@ -252,6 +253,29 @@ def validate(config: Config) -> None:
             raise ConfigError(f"serving.{key}: must be positive, got {getattr(serving, key)}")
     if not serving.results_dir:
         raise ConfigError("serving.results_dir: must name a folder or a URI")
+
+
+def _validate_curation(config: Config) -> None:
+    """Limits that would otherwise fail a job hours in, and (frames, fps) shapes that
+    training would sample but no clip that curation cuts could ever supply."""
+    from curation.buckets import span_seconds
+
+    cfg, train = config.curation, config.train
+    if cfg.max_retries < 0 or cfg.images_per_task < 1:
+        raise ConfigError("curation.max_retries: must be >= 0 and curation.images_per_task >= 1")
+    for key in ("file_timeout_s", "retry_backoff_s", "commit_every_s"):
+        if getattr(cfg, key) < 0 or (key == "file_timeout_s" and not cfg.file_timeout_s > 0):
+            raise ConfigError(f"curation.{key}: must be positive, got {getattr(cfg, key)}")
+    fastest = max(train.fps_values)
+    for frames in train.frame_counts:
+        if frames < 1 or span_seconds(frames, fastest) > cfg.split.max_seconds:
+            raise ConfigError(
+                f"train.frame_counts: {frames} frames fit in no curated clip: even at {fastest} fps "
+                f"(the largest of train.fps_values) they span {span_seconds(frames, fastest):g} s, "
+                f"more than curation.split.max_seconds={cfg.split.max_seconds:g}"
+            )
+    if min(train.fps_values) < 1:
+        raise ConfigError(f"train.fps_values: every rate must be at least 1 fps, got {min(train.fps_values)}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -295,12 +295,20 @@ class CurationConfig:
     media: MediaConfig = field(default_factory=MediaConfig)
     # Quantile bins per score (aesthetic, motion, subject) for the balancing weights.
     balance_bins: int = 3
-    # Per-input limit; a file whose task runs longer (a hung decoder) becomes a reject.
+    # Per-input limit, counted from the moment the file's work starts (never its wait in a
+    # queue); a file whose work runs longer (a hung decoder) becomes a terminal reject.
     file_timeout_s: float = 300.0
-    # Retries of a crashed task before its file is marked as a reject.
-    max_retries: int = 1
-    # Inputs per committed chunk: a killed run loses at most one chunk of work.
-    chunk_size: int = 16
+    # Retries of a transient failure (an I/O error, a crashed or killed worker process), with
+    # exponential backoff from retry_backoff_s; a file still failing then becomes a
+    # retryable reject, which the next run tries again.
+    max_retries: int = 3
+    retry_backoff_s: float = 1.0
+    # Images per unit of work (one decode-and-score loop, one result batch): small images
+    # cost their decode, not a task each.
+    images_per_task: int = 64
+    # Seconds between the driver's commits of the fragments its workers wrote: a killed run
+    # loses at most this much work (0: commit every written fragment at once).
+    commit_every_s: float = 15.0
     # Share of rows whose ``split`` column says "val": chosen from a hash of the row's id
     # alone, so a row stays on its side across re-runs, resumes and other thresholds.
     val_fraction: float = 0.05

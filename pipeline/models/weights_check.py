@@ -66,7 +66,7 @@ def _open_clip(config: Config) -> Shapes:
 
 
 def _aesthetic_head(config: Config) -> Shapes:
-    from curation.scorers.aesthetic import LaionAestheticHead
+    from curation.scorers.laion import LaionAestheticHead
 
     with torch.device("meta"):
         return LaionAestheticHead().state_dict()

@@ -1,0 +1,141 @@
+"""The end of every curation run, over the whole tables: duplicates out, superseded rejects
+out, decisions recomputed, small fragments compacted, and the result tagged for readers.
+
+Each step is idempotent and starts from what the tables hold, so a run killed anywhere in
+here is repaired by the next run's finalize. Readers never see the steps in between: they
+open the version tagged ``CURATED_TAG`` (``pipeline.tables.open_curated``), which moves
+only once every table is final, so a kill leaves them the previous run's tables, whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lance
+import pandas as pd
+import pyarrow as pa
+
+from curation.decisions import balancing_weights, keep_and_reasons, split_of
+from pipeline.config.schema import Config
+from pipeline.tables import CLIPS, CURATED_TAG, DECISION_FIELDS, IMAGES, REJECTS, REJECTS_SCHEMA
+
+log = logging.getLogger("curation")
+
+# table -> (row id column, the column that says two rows hold the same content)
+MEDIA_TABLES = {CLIPS: ("clip_id", "source_sha256"), IMAGES: ("image_id", "image_id")}
+
+
+def committed(uri: Path) -> bool:
+    """A Lance table with at least one committed version. A run killed during its very first
+    write leaves a folder without ``_versions``: it holds nothing and is written afresh."""
+    return (uri / "_versions").is_dir() and any((uri / "_versions").iterdir())
+
+
+def finalize(out: Path, config: Config) -> dict[str, Any]:
+    """Bring the tables to their final state for this config and tag it; returns the summary."""
+    summary: dict[str, Any] = {"out": str(out)}
+    duplicates: list[dict[str, Any]] = []
+    media_sources: list[pa.Array] = []
+    for name, (key, content) in MEDIA_TABLES.items():
+        if committed(out / name):
+            duplicates += _drop_duplicates(out / name, key, content)
+            media_sources.append(lance.dataset(str(out / name)).to_table(columns=["source"]).column("source").combine_chunks())
+    _settle_rejects(out / REJECTS, duplicates, media_sources)
+    for name in MEDIA_TABLES:
+        if committed(out / name):
+            summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config)
+    if committed(out / REJECTS):
+        rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["stage", "retryable"])
+        summary["rejects"] = {
+            "rows": rejects.num_rows,
+            "by_stage": dict(Counter(rejects.column("stage").to_pylist())),
+            "retryable": sum(bool(r) for r in rejects.column("retryable").to_pylist()),
+        }
+    for name in (CLIPS, IMAGES, REJECTS):
+        if committed(out / name):
+            _tag(out / name)
+    return summary
+
+
+def _drop_duplicates(uri: Path, key: str, content: str) -> list[dict[str, Any]]:
+    """Delete the rows of a source whose content another source (the first by name) already
+    gave, and the second copy of a source planned twice; returns the dedupe rejects."""
+    ds = lance.dataset(str(uri))
+    rows = ds.to_table(columns=list(dict.fromkeys([key, content, "source"])), with_row_id=True).to_pandas()
+    if rows.empty:
+        return []
+    first_source = rows.groupby(content)["source"].transform("min")
+    copies = rows.duplicated(subset=[key, "source"], keep="first")
+    doomed = rows[(rows["source"] != first_source) | copies]
+    if doomed.empty:
+        return []
+    ds.delete(f"_rowid IN ({', '.join(str(int(r)) for r in doomed['_rowid'])})")
+    kind = "video" if key == "clip_id" else "image"
+    others = doomed[doomed["source"] != first_source[doomed.index]]
+    firsts = first_source[others.index]
+    return [
+        {"source": source, "kind": kind, "stage": "dedupe", "reason": f"same content as {first}",
+         "retryable": False, "attempts": 1}
+        for source, first in dict(zip(others["source"], firsts)).items()
+    ]
+
+
+def _settle_rejects(uri: Path, duplicates: list[dict[str, Any]], media_sources: list[pa.Array]) -> None:
+    """One reject per source that has no rows: the latest (most attempts); a source that now
+    has rows keeps none (a retryable failure that has since succeeded)."""
+    if not committed(uri):
+        return
+    table = lance.dataset(str(uri)).to_table()
+    merged = pd.concat([table.to_pandas(), pd.DataFrame(duplicates, columns=REJECTS_SCHEMA.names)], ignore_index=True)
+    with_rows = set(pa.concat_arrays(media_sources).to_pylist()) if media_sources else set()
+    settled = merged[~merged["source"].isin(with_rows)].sort_values(["source", "attempts"], kind="stable")
+    settled = settled.drop_duplicates(subset=["source"], keep="last")
+    if len(settled) == table.num_rows and not duplicates:
+        return
+    fresh = pa.Table.from_pandas(settled, schema=REJECTS_SCHEMA, preserve_index=False)
+    lance.write_dataset(fresh, str(uri), schema=REJECTS_SCHEMA, mode="overwrite")
+
+
+def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
+    """Recompute keep / drop_reason / weight / split for every row, then compact."""
+    cfg = config.curation
+    key = MEDIA_TABLES[name][0]
+    ds = lance.dataset(str(uri))
+    score_cols = ["aesthetic", "subject"] + (["motion"] if name == CLIPS else [])
+    scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
+    keep, reasons = keep_and_reasons(scores, cfg.filters)
+    weights = balancing_weights(scores, keep, cfg.balance_bins)
+    splits = [split_of(row_id, cfg.val_fraction) for row_id in scores[key]]
+    decisions = pa.table(
+        {
+            key: scores[key].to_numpy(),
+            "keep": pa.array(keep, pa.bool_()),
+            "drop_reason": pa.array(reasons, pa.string()),
+            "weight": pa.array(weights, pa.float32()),
+            "split": pa.array(splits, pa.string()),
+        }
+    )
+    stale = [f.name for f in DECISION_FIELDS if f.name in ds.schema.names]
+    if stale:
+        ds.drop_columns(stale)
+        ds = lance.dataset(str(uri))
+    ds.merge(decisions, left_on=key)
+    lance.dataset(str(uri)).optimize.compact_files()
+    dropped = Counter(r.split(" ")[0] for r in reasons if r)
+    return {
+        "rows": len(scores),
+        "kept": int(keep.sum()),
+        "kept_val": sum(1 for k, s in zip(keep, splits) if k and s == "val"),
+        "dropped_by": dict(dropped),
+    }
+
+
+def _tag(uri: Path) -> None:
+    ds = lance.dataset(str(uri))
+    if CURATED_TAG in ds.tags.list():
+        ds.tags.update(CURATED_TAG, ds.version)
+    else:
+        ds.tags.create(CURATED_TAG, ds.version)

@@ -1,0 +1,164 @@
+"""The pipeline's stages, as Ray Data runs them: callable classes for ``map_batches``.
+
+    scoring on CPU:  plan units --FileStage (work, score, write)--> fragment records
+    scoring on GPU:  plan units --FileStage (work)--> staged rows --AestheticStage (score, write)--> records
+
+On CPU the scorer runs inside each file worker (loaded once per actor): a separate CPU pool
+would take a core from the per-file work and copy every keyframe through the object store
+for a few milliseconds of scoring. With ``curation.scoring.aesthetic_gpus`` it is a pool of
+its own that holds the GPUs, fed by all the file workers. The rows between stages share one
+Arrow schema, ``STAGED_SCHEMA``: the union of the clip, image and
+reject columns, plus ``table`` (which table a row goes to), the keyframes the aesthetic
+scorer reads, and per-row work figures that the driver sums into throughput. One schema lets
+the three kinds of row flow through one streaming pipeline, and Arrow stores the columns a
+row does not use as nulls at no cost. The last stage writes Lance fragments from the worker
+and returns only their metadata, so media never reach the driver.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image
+
+from curation.sandbox import Outcome, Sandbox
+from curation.sources import MediaItem
+from pipeline.config.schema import Config
+from pipeline.tables import CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions
+
+# Table name -> the schema its fragments are written with (decisions come at finalize).
+TABLE_SCHEMAS = {
+    CLIPS: without_decisions(CLIPS_SCHEMA),
+    IMAGES: without_decisions(IMAGES_SCHEMA),
+    REJECTS: REJECTS_SCHEMA,
+}
+WORK_FIELDS = [
+    pa.field("table", pa.string()),
+    pa.field("keyframes", pa.list_(pa.binary())),
+    pa.field("files", pa.int32()),  # 1 on the first row of each input, else 0
+    pa.field("video_seconds", pa.float64()),  # the input's length, on its first row
+    pa.field("work_s", pa.float64()),  # the input's work in its sandbox, on its first row
+    pa.field("aesthetic_s", pa.float64()),  # the scorer's time for a batch, on its first row
+]
+
+
+def _union(*schemas: pa.Schema) -> pa.Schema:
+    fields: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for f in schema:
+            fields.setdefault(f.name, f)
+    return pa.schema(list(fields.values()))
+
+
+STAGED_SCHEMA = _union(*TABLE_SCHEMAS.values(), pa.schema(WORK_FIELDS))
+# What the writer returns per batch: fragment metadata and sums, nothing per row.
+WRITTEN_SCHEMA = pa.schema(
+    [pa.field(f"{name}_fragments", pa.string()) for name in TABLE_SCHEMAS]
+    + [pa.field(name, pa.int64()) for name in ("clips", "images", "rejects", "files")]
+    + [pa.field(name, pa.float64()) for name in ("video_seconds", "work_s", "aesthetic_s")]
+)
+
+
+def _staged(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=STAGED_SCHEMA)
+
+
+def _item(row: dict[str, Any]) -> MediaItem:
+    return MediaItem(row["source"], row["kind"], row["caption"], row["caption_uri"])
+
+
+class FileStage:
+    """Per-file work (probe, analysis, split, clip encoding; an image's decode and scores)
+    for units of planned inputs, each input in the actor's sandboxed child process. With
+    ``out`` it also scores and writes, and returns fragment records."""
+
+    def __init__(self, config: Config, out: Optional[str]) -> None:
+        self.sandbox = Sandbox(config)
+        self.out = out
+        self.scorer = _scorer(config, "cpu") if out else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for unit in batch.column("items").to_pylist():
+            for planned in unit:
+                if planned["reject_stage"] is not None:
+                    outcome = Outcome([], reject=(planned["reject_stage"], planned["reject_reason"]))
+                else:
+                    outcome = self.sandbox.run(_item(planned), prior_attempts=planned["attempts"] or 0)
+                rows += _outcome_rows(planned, outcome)
+        staged = _staged(rows)
+        return write_fragments(score(self.scorer, staged), self.out) if self.out else staged
+
+    def __del__(self) -> None:
+        self.sandbox.close()
+
+
+def _scorer(config: Config, device: str) -> Any:
+    from curation.scorers.aesthetic import build_aesthetic_scorer
+
+    scoring = config.curation.scoring
+    return build_aesthetic_scorer(scoring.aesthetic_head, scoring.aesthetic_clip, device)
+
+
+def _outcome_rows(planned: dict[str, Any], outcome: Outcome) -> list[dict[str, Any]]:
+    figures = {"files": 1, "video_seconds": outcome.video_seconds, "work_s": outcome.work_s}
+    if outcome.reject is not None:
+        stage, reason = outcome.reject
+        return [{"table": REJECTS, "source": planned["source"], "kind": planned["kind"], "stage": stage,
+                 "reason": reason, "retryable": outcome.retryable, "attempts": outcome.attempts, **figures}]
+    table = CLIPS if planned["kind"] == "video" else IMAGES
+    rows = [{**row, "table": table} for row in outcome.rows]
+    rows[0].update(figures)
+    return rows
+
+
+class AestheticStage:
+    """The GPU scorer's pool: scores the staged rows and writes them. A class so the
+    (possibly CLIP-sized) model loads once per actor, which lives for the whole job."""
+
+    def __init__(self, config: Config, out: str) -> None:
+        self.scorer = _scorer(config, "cuda")
+        self.out = out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return write_fragments(score(self.scorer, batch), self.out)
+
+
+def score(scorer: Any, batch: pa.Table) -> pa.Table:
+    """The batch with each media row's aesthetic score, its keyframes dropped, and the time
+    scoring took (on the first row); rejects pass through unscored."""
+    started = time.monotonic()
+    scores = []
+    for frames in batch.column("keyframes").to_pylist():
+        if not frames:
+            scores.append(None)
+            continue
+        images = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
+        scores.append(float(np.mean(scorer(images))))
+    batch = batch.set_column(batch.schema.get_field_index("aesthetic"), "aesthetic", pa.array(scores, pa.float32()))
+    batch = batch.set_column(batch.schema.get_field_index("keyframes"), "keyframes",
+                             pa.nulls(batch.num_rows, pa.list_(pa.binary())))
+    spent = [time.monotonic() - started] + [0.0] * (batch.num_rows - 1) if batch.num_rows else []
+    return batch.set_column(batch.schema.get_field_index("aesthetic_s"), "aesthetic_s", pa.array(spent, pa.float64()))
+
+
+def write_fragments(batch: pa.Table, out: str) -> pa.Table:
+    """Write each table's rows of the batch as Lance fragments in the worker; return their
+    metadata (JSON) and the batch's sums, for the driver to commit and report."""
+    from lance.fragment import write_fragments as write
+
+    record: dict[str, Any] = {}
+    for name, schema in TABLE_SCHEMAS.items():
+        part = batch.filter(pc.equal(batch.column("table"), name)).select(schema.names).cast(schema)
+        record[name.split(".")[0]] = part.num_rows
+        fragments = write(part, f"{out}/{name}", schema=schema) if part.num_rows else []
+        record[f"{name}_fragments"] = json.dumps([json.dumps(f.to_json()) for f in fragments])
+    for name in ("files", "video_seconds", "work_s", "aesthetic_s"):
+        record[name] = pc.sum(batch.column(name)).as_py() or 0
+    return pa.Table.from_pylist([record], schema=WRITTEN_SCHEMA)
