@@ -10,6 +10,8 @@ only once every table is final, so a kill leaves them the previous run's tables,
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,25 @@ import pyarrow as pa
 
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
 from pipeline.config.schema import Config
-from pipeline.tables import CLIPS, CURATED_TAG, DECISION_FIELDS, IMAGES, REJECTS, REJECTS_SCHEMA
+from pipeline.tables import (
+    CLIPS, CLIPS_SCHEMA, CURATED_TAG, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA,
+)
 
 log = logging.getLogger("curation")
 
 # table -> (row id column, the column that says two rows hold the same content)
 MEDIA_TABLES = {CLIPS: ("clip_id", "source_sha256"), IMAGES: ("image_id", "image_id")}
+FULL_SCHEMAS = {CLIPS: CLIPS_SCHEMA, IMAGES: IMAGES_SCHEMA}
+
+
+# A test names one of the steps here to be killed right after it (the kill must land at an
+# exact point, which no real fault can be timed to hit); nothing else reads it.
+KILL_AFTER_ENV = "I2VGEN_TEST_KILL_AFTER"
+
+
+def _step_done(name: str) -> None:
+    if os.environ.get(KILL_AFTER_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def committed(uri: Path) -> bool:
@@ -43,7 +58,9 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
         if committed(out / name):
             duplicates += _drop_duplicates(out / name, key, content)
             media_sources.append(lance.dataset(str(out / name)).to_table(columns=["source"]).column("source").combine_chunks())
+    _step_done("duplicates")
     _settle_rejects(out / REJECTS, duplicates, media_sources)
+    _step_done("rejects")
     for name in MEDIA_TABLES:
         if committed(out / name):
             summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config)
@@ -54,9 +71,11 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
             "by_stage": dict(Counter(rejects.column("stage").to_pylist())),
             "retryable": sum(bool(r) for r in rejects.column("retryable").to_pylist()),
         }
+    _step_done("decisions")
     for name in (CLIPS, IMAGES, REJECTS):
         if committed(out / name):
             _tag(out / name)
+            _step_done(f"tag {name}")
     return summary
 
 
@@ -104,6 +123,9 @@ def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
     cfg = config.curation
     key = MEDIA_TABLES[name][0]
     ds = lance.dataset(str(uri))
+    if ds.count_rows() == 0:  # nothing to join the decisions to: the empty table, full schema
+        lance.write_dataset(FULL_SCHEMAS[name].empty_table(), str(uri), schema=FULL_SCHEMAS[name], mode="overwrite")
+        return {"rows": 0, "kept": 0, "kept_val": 0, "dropped_by": {}}
     score_cols = ["aesthetic", "subject"] + (["motion"] if name == CLIPS else [])
     scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
     keep, reasons = keep_and_reasons(scores, cfg.filters)
@@ -121,6 +143,7 @@ def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
     stale = [f.name for f in DECISION_FIELDS if f.name in ds.schema.names]
     if stale:
         ds.drop_columns(stale)
+        _step_done(f"drop {name}")
         ds = lance.dataset(str(uri))
     ds.merge(decisions, left_on=key)
     lance.dataset(str(uri)).optimize.compact_files()

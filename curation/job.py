@@ -33,8 +33,10 @@ from curation.plan import Plan, write_plan
 from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
+from pipeline.tables import REJECTS
 
 log = logging.getLogger("curation")
+
 
 @dataclass
 class Progress:
@@ -100,6 +102,10 @@ def _create_tables(out: Path) -> None:
     for name, schema in TABLE_SCHEMAS.items():
         uri = out / name
         if committed(uri):
+            ds = lance.dataset(str(uri))
+            if name == REJECTS and "retryable" not in ds.schema.names:
+                # curated before failures were sorted: unknown, so never retried
+                ds.add_columns({"retryable": "CAST(NULL AS BOOLEAN)", "attempts": "CAST(NULL AS INT)"})
             continue
         shutil.rmtree(uri, ignore_errors=True)
         lance.write_dataset(schema.empty_table(), str(uri), schema=schema)
@@ -113,12 +119,13 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     on_gpu = scoring.aesthetic_gpus > 0
     # One unit per call: a video, or a batch of small inputs, is already a task's worth.
     files = units.map_batches(FileStage, fn_constructor_args=(config, None if on_gpu else str(out)),
-                              batch_size=1, batch_format="pyarrow", concurrency=(1, cpus), num_cpus=1)
+                              batch_size=1, batch_format="pyarrow", num_cpus=1,
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
     if not on_gpu:
         return files
     return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
-                             batch_size=None, concurrency=scoring.aesthetic_actors, num_gpus=scoring.aesthetic_gpus,
-                             num_cpus=0)
+                             batch_size=None, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
+                             compute=ray.data.ActorPoolStrategy(size=scoring.aesthetic_actors))
 
 
 def _records(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
@@ -130,12 +137,6 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
     """Curate ``inputs`` into ``out_dir``; returns (and writes) the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    init_ray()
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the job draws its own, with its throughput
-    # Ray 2.60's Parquet reader V2 starts 32 footer-reading actors before the first row; on
-    # a 2-core node that took 30 s for a plan of a few kilobytes. V1 reads it at once.
-    context.use_datasource_v2 = False
     plan = write_plan(inputs, out, config.curation.images_per_task)
     todo = plan.videos + plan.images
     log.info("%d inputs to do (%d videos; images and input rejects %d) in %d units; %d already curated",
@@ -143,6 +144,12 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
     _create_tables(out)
     run = Progress()
     if todo:
+        init_ray()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the job draws its own, with its throughput
+        # Ray 2.60's Parquet reader V2 starts 32 footer-reading actors before the first row;
+        # on a 2-core node that took 30 s for a plan of a few kilobytes. V1 reads it at once.
+        context.use_datasource_v2 = False
         committer = _Committer(out, config.curation.commit_every_s)
         bar = tqdm(total=todo, desc="curate", unit="file", disable=not progress)
         for record in _records(build_pipeline(plan, out, config)):
@@ -153,8 +160,9 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
         committer.commit()
         bar.close()
     summary = finalize(out, config)
-    summary["this_run"] = {**{k: v for k, v in run.counts.items() if k in ("clips", "images", "rejects", "files")},
-                           "skipped": plan.skipped, "video_seconds": round(run.counts["video_seconds"], 2)}
+    summary["this_run"] = {**{k: run.counts[k] for k in ("clips", "images", "rejects", "files")},
+                           "skipped": plan.skipped, "video_seconds": round(run.counts["video_seconds"], 2),
+                           "work_s": round(run.counts["work_s"], 2)}
     summary["throughput"] = run.throughput()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

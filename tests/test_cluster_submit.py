@@ -123,3 +123,12 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     tasks = list_tasks(address=cluster, filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
     nodes = {t.node_id for t in tasks if t.node_id}
     assert nodes == {n.node_id for n in list_nodes(address=cluster)}, f"tasks ran on {len(nodes)} of 2 nodes"
+    # the same corpus curated on one machine gives the same tables
+    local = tmp_path / "local"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(local), "--preset",
+                           "tiny", "--quiet"], capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, columns in (("clips.lance", ["clip_id", "keep", "weight"]), ("rejects.lance", ["source", "stage"])):
+        here, there = (lance.dataset(str(d / name)).to_table(columns=columns).to_pylist() for d in (local, out))
+        assert sorted(map(str, here)) == sorted(map(str, there)), name

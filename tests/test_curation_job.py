@@ -138,3 +138,24 @@ def test_report_renders(curated) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (curated / "report.html").read_text()
     assert "motion" in html and "aesthetic" in html and "<img" in html
+
+
+@pytest.mark.slow
+def test_a_gpu_scorer_pool_gives_the_same_tables(corpus, curated, tmp_path) -> None:
+    """With ``aesthetic_gpus`` the scorer is an actor pool of its own fed by the file workers;
+    on a cluster that declares a GPU (Ray schedules by the declaration) it writes what the
+    CPU path writes. (The weight-free scorer ignores the device; the LAION one needs CUDA.)"""
+    folder, _ = corpus
+    out = tmp_path / "gpu"
+    script = (
+        "import ray, sys; from pipeline.config import load_config; from curation.job import curate;"
+        "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False);"
+        "config = load_config('tiny', overrides=['curation.scoring.aesthetic_gpus=0.5', 'curation.commit_every_s=0']);"
+        "curate([sys.argv[1]], sys.argv[2], config, progress=False)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(folder), str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "AestheticStage" in proc.stderr  # the plan had the scorer's own pool
+    for name, columns in ((CLIPS, ["clip_id", "aesthetic", "keep"]), (IMAGES, ["image_id", "aesthetic"]),
+                          (REJECTS, ["source", "stage"])):
+        assert _rows(out, name, columns) == _rows(curated, name, columns), name

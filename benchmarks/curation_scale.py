@@ -1,0 +1,197 @@
+"""How the curation job scales: fixed overhead, marginal cost, driver memory, and images.
+
+    python benchmarks/curation_scale.py                          # 8 / 32 / 128 videos of ~10 s at 720p
+    python benchmarks/curation_scale.py --videos 4 8 16 --seconds 5 --images 600 400   # quicker
+
+Figures, all measured in one run on the same machine (ratios survive a noisy one):
+- each corpus curated by the CLI, as a user runs it (fresh output folder): wall time and
+  the driver's peak RSS (sampled every 0.1 s);
+- the intercept (fixed overhead) and the slope (seconds per video-second) of the job's wall
+  time between the two largest corpora;
+- the same per-file work (probe, analysis, split, clip encoding, aesthetic) run alone in one
+  process over the largest corpus's distinct files, per video-second, divided by the cores
+  the job had: the slope's target is at most 1.3x that;
+- the driver's peak RSS at the largest corpus against the second largest (target <= 1.1x);
+- images: small (160x120) and larger (640x480) generated JPEGs in a manifest: images/s per
+  core, and the share of the job's core-seconds spent outside decoding and scoring
+  (``1 - alone / (wall x cores)``; target <= 30%).
+The corpora are built from a few distinct generated multi-shot videos, remuxed (no
+re-encode) with a distinct metadata tag each, so every file has its own bytes (no dedupe)
+and generating 128 videos costs little. Writes ``benchmarks/results/curation_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This script's folder holds `curation.py` too: keep it off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+RESULTS = Path(__file__).parent / "results" / "curation_scale.json"
+DISTINCT = 8  # distinct generated videos; the rest are remuxed copies
+
+
+def _distinct_videos(folder: Path, count: int, seconds: float) -> list[Path]:
+    from curation.synthetic import ShotSpec, write_video
+
+    paths = []
+    kinds = ["pan", "zoom", "objects", "static", "pan"]
+    for v in range(count):
+        shot_frames = int(seconds * 24 / 3)
+        shots = [ShotSpec(kinds[(v + s) % len(kinds)], shot_frames, seed=v * 10 + s) for s in range(3)]
+        paths.append(write_video(folder / f"distinct{v}.mp4", shots, size=(1280, 720)).path)
+    return paths
+
+
+def _remux(source: Path, target: Path, tag: str) -> None:
+    """A copy of ``source`` with its own bytes: the same packets, a different comment."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        out.metadata["comment"] = tag
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            out.mux(packet)
+
+
+def build_corpus(folder: Path, distinct: list[Path], count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _remux(distinct[i % len(distinct)], folder / f"video{i:04d}.mp4", f"copy {i}")
+    return folder
+
+
+def run_job(inputs: Path, out: Path) -> dict:
+    """The CLI on ``inputs``: wall seconds, the driver's peak RSS (MB), and its summary."""
+    import psutil
+
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "curate", str(inputs), "--out", str(out),
+                             "--preset", "paper", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver, peak = psutil.Process(proc.pid), 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, driver.memory_info().rss / 2**20)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    if proc.wait() != 0:
+        raise SystemExit(f"curate failed on {inputs}:\n{proc.stderr.read()[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall_s": round(time.monotonic() - started, 2), "driver_peak_rss_mb": round(peak, 1),
+            "this_run": summary["this_run"], "throughput": summary["throughput"]}
+
+
+def work_alone(paths: list[Path], kind: str) -> float:
+    """Seconds of the per-file work and aesthetic scoring, in this one process, no Ray."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curation.scorers.aesthetic import build_aesthetic_scorer
+    from curation.sources import MediaItem
+    from curation.worker import process_item
+    from pipeline.config import load_config
+
+    config = load_config("paper")
+    scorer = build_aesthetic_scorer(None, None)
+    started = time.monotonic()
+    for path in paths:
+        rows, _ = process_item(MediaItem(str(path), kind), config)
+        for row in rows:
+            scorer(np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in row["keyframes"]]))
+    return time.monotonic() - started
+
+
+def image_corpus(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(size[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    lines = ["path,caption"]
+    for i in range(count):
+        a, b, c = rng.uniform(0.01, 0.08, 3)
+        base = np.stack([np.sin(xx * a + i), np.cos(yy * b - i), np.sin((xx + yy) * c)], -1)
+        noise = rng.normal(0, 0.15, base.shape)
+        pixels = ((base + noise) * 0.5 + 0.5).clip(0, 1) * 255
+        path = folder / f"img{i:05d}.jpg"
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+        lines.append(f"{path},generated picture {i}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, nargs="+", default=[8, 32, 128], help="corpus sizes (videos)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each video")
+    parser.add_argument("--images", type=int, nargs=2, default=[3000, 2000], help="small and larger images")
+    parser.add_argument("--work-dir", type=Path, help="keep the corpora here (default: a temporary folder)")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.work_dir or Path(tmp)
+        distinct = _distinct_videos(root / "distinct", min(DISTINCT, max(args.videos)), args.seconds)
+        sizes = sorted(args.videos)
+        jobs = {}
+        for count in sizes:
+            corpus = build_corpus(root / f"videos{count}", distinct, count)
+            jobs[count] = run_job(corpus, root / f"out{count}")
+            print(f"{count} videos: {jobs[count]['wall_s']} s, driver {jobs[count]['driver_peak_rss_mb']} MB", flush=True)
+        (mid, large) = sizes[-2:]
+        seconds = {n: jobs[n]["this_run"]["video_seconds"] for n in sizes}
+        slope = (jobs[large]["wall_s"] - jobs[mid]["wall_s"]) / (seconds[large] - seconds[mid])
+        intercept = jobs[mid]["wall_s"] - slope * seconds[mid]
+        alone_s = work_alone(distinct, "video")
+        per_video = seconds[large] / large  # every video has the same length
+        alone_per_video_s = alone_s / (len(distinct) * per_video) / cores
+        images = {}
+        for name, count, size in (("small_160x120", args.images[0], (160, 120)), ("large_640x480", args.images[1], (640, 480))):
+            manifest = image_corpus(root / name, count, size)
+            job = run_job(manifest, root / f"out_{name}")
+            paths = [Path(line.split(",")[0]) for line in manifest.read_text().splitlines()[1:]]
+            alone = work_alone(paths, "image")
+            images[name] = {
+                "images": count, "wall_s": job["wall_s"], "driver_peak_rss_mb": job["driver_peak_rss_mb"],
+                "images_per_s": round(count / job["wall_s"], 1),
+                "images_per_s_per_core": round(count / job["wall_s"] / cores, 1),
+                "alone_images_per_s_one_core": round(count / alone, 1),
+                "share_outside_decode_and_score": round(1 - alone / (job["wall_s"] * cores), 3),
+                "pipeline_images_per_s": job["throughput"]["images_per_s"],
+            }
+            print(name, images[name], flush=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cores": cores,
+        "video_seconds_each": args.seconds,
+        "jobs": {str(n): jobs[n] for n in sizes},
+        "intercept_s": round(intercept, 2),
+        "slope_s_per_video_s": round(slope, 4),
+        "alone_s_per_video_s_per_core": round(alone_per_video_s, 4),
+        "slope_over_alone": round(slope / alone_per_video_s, 3),
+        "driver_rss_largest_over_second": round(jobs[large]["driver_peak_rss_mb"] / jobs[mid]["driver_peak_rss_mb"], 3),
+        "images": images,
+        "targets": {"intercept_s": "<= 15", "slope_over_alone": "<= 1.3", "driver_rss_largest_over_second": "<= 1.1",
+                    "share_outside_decode_and_score": "<= 0.3", "small images_per_s": ">= 400 on 2 cores"},
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
