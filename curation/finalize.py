@@ -3,12 +3,14 @@ out, decisions recomputed, small fragments compacted, and the result tagged for 
 
 Each step is idempotent and starts from what the tables hold, so a run killed anywhere in
 here is repaired by the next run's finalize. Readers never see the steps in between: they
-open the version tagged ``CURATED_TAG`` (``pipeline.tables.open_curated``), which moves
-only once every table is final, so a kill leaves them the previous run's tables, whole.
+open the versions recorded in ``curated.json`` (``pipeline.tables.open_curated``), which is
+replaced in one rename once every table is final, so a kill leaves them the previous run's
+tables, whole and matching each other.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,7 +25,7 @@ import pyarrow as pa
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
 from pipeline.config.schema import Config
 from pipeline.tables import (
-    CLIPS, CLIPS_SCHEMA, CURATED_TAG, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA,
+    CLIPS, CLIPS_SCHEMA, CURATED_VERSIONS, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA,
 )
 
 log = logging.getLogger("curation")
@@ -72,10 +74,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
             "retryable": sum(bool(r) for r in rejects.column("retryable").to_pylist()),
         }
     _step_done("decisions")
-    for name in (CLIPS, IMAGES, REJECTS):
-        if committed(out / name):
-            _tag(out / name)
-            _step_done(f"tag {name}")
+    _record_versions(out)
     return summary
 
 
@@ -156,9 +155,10 @@ def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
     }
 
 
-def _tag(uri: Path) -> None:
-    ds = lance.dataset(str(uri))
-    if CURATED_TAG in ds.tags.list():
-        ds.tags.update(CURATED_TAG, ds.version)
-    else:
-        ds.tags.create(CURATED_TAG, ds.version)
+def _record_versions(out: Path) -> None:
+    """Point readers at the tables as they are now, all at once (write, then rename)."""
+    versions = {name: lance.dataset(str(out / name)).version for name in (CLIPS, IMAGES, REJECTS)
+                if committed(out / name)}
+    partial = out / f"{CURATED_VERSIONS}.partial"
+    partial.write_text(json.dumps(versions, indent=2) + "\n")
+    os.replace(partial, out / CURATED_VERSIONS)

@@ -33,7 +33,7 @@ from curation.plan import Plan, write_plan
 from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
-from pipeline.tables import REJECTS
+from pipeline.tables import CURATED_VERSIONS, REJECTS
 
 log = logging.getLogger("curation")
 
@@ -109,6 +109,7 @@ def _create_tables(out: Path) -> None:
             continue
         shutil.rmtree(uri, ignore_errors=True)
         lance.write_dataset(schema.empty_table(), str(uri), schema=schema)
+        (out / CURATED_VERSIONS).unlink(missing_ok=True)  # it named versions of a table now gone
 
 
 def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:

@@ -40,6 +40,8 @@ from pipeline.config.schema import Config
 
 log = logging.getLogger("curation")
 
+READY = "ready"
+START_TIMEOUT_S = 300.0  # a fresh child imports the decoders and scorers; a loaded node is slow
 # Errors that say the file is not there for us: retrying cannot help.
 ABSENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -70,6 +72,7 @@ Work = Callable[[MediaItem, Config], tuple[list[dict[str, Any]], float]]
 def _serve(conn: Connection, work: Work, config: Config) -> None:
     """The child's loop: one item in, one result or failure out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the child stops
+    conn.send(READY)  # imports done: the first file's clock starts now, not at the spawn
     while True:
         try:
             item = conn.recv()
@@ -159,6 +162,9 @@ class Sandbox:
             self._process = context.Process(target=_serve, args=(child, self.work, self.config), daemon=True)
             self._process.start()
             child.close()
+            if not parent.poll(START_TIMEOUT_S) or parent.recv() != READY:
+                self._process.kill()
+                raise RuntimeError(f"the curation sandbox did not start in {START_TIMEOUT_S} s")
             self._conn = parent
         assert self._conn is not None
         return self._conn

@@ -8,6 +8,7 @@ without loading its neighbours (``LanceDataset.take_blobs``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -116,18 +117,24 @@ REJECTS_SCHEMA = pa.schema(
     ]
 )
 
-# The version of each curated table that curation's last finished run tagged: readers open
-# it, so a run in progress (or one killed mid-way) never shows them half-written tables.
-CURATED_TAG = "curated"
+# Which version of each table curation's last finished run left: ``{table: version}``, in a
+# file beside the tables, replaced in one rename. Readers open those versions, so a run in
+# progress, or one killed anywhere, never shows them half-written or mismatched tables.
+CURATED_VERSIONS = "curated.json"
+
+
+def curated_versions(folder: str | Path) -> dict[str, int]:
+    path = Path(folder) / CURATED_VERSIONS
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def open_curated(uri: str | Path) -> Any:
     """The Lance dataset at ``uri`` as the last finished curation run left it (the latest
-    version for tables written before curation tagged its versions)."""
+    version for a folder curated before the versions were recorded)."""
     import lance
 
-    ds = lance.dataset(str(uri))
-    return lance.dataset(str(uri), version=CURATED_TAG) if CURATED_TAG in ds.tags.list() else ds
+    version = curated_versions(Path(uri).parent).get(Path(uri).name)
+    return lance.dataset(str(uri), version=version)
 
 
 def without_decisions(schema: pa.Schema) -> pa.Schema:

@@ -116,19 +116,19 @@ def test_reads_that_fail_then_succeed_end_as_clips(flaky_bucket, corpus, curated
 def test_waiting_in_a_long_queue_does_not_count_against_the_time_limit(tmp_path) -> None:
     corpus = tmp_path / "many"
     corpus.mkdir()
-    for i in range(16):
-        write_video(corpus / f"clip{i:02d}.mp4", [ShotSpec("pan", 72, seed=i)], fps=24, size=(448, 256))
+    for i in range(32):
+        write_video(corpus / f"clip{i:02d}.mp4", [ShotSpec("pan", 48, seed=i)], fps=24)
     out = tmp_path / "out"
-    limit = 4.0
+    limit = 5.0  # several times one file's work, far less than the queue's
     proc = _curate(str(corpus), "--out", str(out), "--set", f"curation.file_timeout_s={limit}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _summary(out)["this_run"]
-    assert run["work_s"] > 2.5 * limit  # two workers: the last files waited longer than the limit
-    assert len({s for (s,) in _rows(out, CLIPS, ["source"])}) == 16
-    assert not lance.dataset(str(out / REJECTS)).count_rows()
+    assert run["work_s"] > 2 * limit  # two workers: the last files waited longer than the limit
+    assert not lance.dataset(str(out / REJECTS)).to_table(columns=["reason"]).to_pylist()
+    assert len({s for (s,) in _rows(out, CLIPS, ["source"])}) == 32
 
 
-@pytest.mark.parametrize("step", ["drop clips.lance", "rejects", f"tag {IMAGES}"])
+@pytest.mark.parametrize("step", ["drop clips.lance", "rejects", "decisions"])
 def test_a_kill_inside_finalize_leaves_tables_training_accepts_and_the_rerun_repairs(
     corpus, curated, tmp_path, step
 ) -> None:
