@@ -41,8 +41,9 @@ DISTINCT = 8  # distinct generated videos; the rest are remuxed copies
 def _distinct_videos(folder: Path, count: int, seconds: float) -> list[Path]:
     from curation.synthetic import ShotSpec, write_video
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    kinds = ["pan", "zoom", "objects", "static", "pan"]
+    kinds = ["pan", "moving_shape", "texture", "static", "pan"]
     for v in range(count):
         shot_frames = int(seconds * 24 / 3)
         shots = [ShotSpec(kinds[(v + s) % len(kinds)], shot_frames, seed=v * 10 + s) for s in range(3)]
@@ -62,6 +63,14 @@ def _remux(source: Path, target: Path, tag: str) -> None:
                 continue
             packet.stream = stream
             out.mux(packet)
+
+
+def _durations(paths: list[Path]) -> list[float]:
+    from curation.probe import probe_video
+    from pipeline.config import load_config
+
+    probe = load_config("paper").curation.probe
+    return [probe_video(str(p), probe).duration for p in paths]
 
 
 def build_corpus(folder: Path, distinct: list[Path], count: int) -> Path:
@@ -99,6 +108,7 @@ def work_alone(paths: list[Path], kind: str) -> float:
     import numpy as np
     from PIL import Image
 
+    from curation.probe import Rejected
     from curation.scorers.aesthetic import build_aesthetic_scorer
     from curation.sources import MediaItem
     from curation.worker import process_item
@@ -108,7 +118,10 @@ def work_alone(paths: list[Path], kind: str) -> float:
     scorer = build_aesthetic_scorer(None, None)
     started = time.monotonic()
     for path in paths:
-        rows, _ = process_item(MediaItem(str(path), kind), config)
+        try:
+            rows, _ = process_item(MediaItem(str(path), kind), config)
+        except Rejected:  # the work was done all the same; the job does it too
+            continue
         for row in rows:
             scorer(np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in row["keyframes"]]))
     return time.monotonic() - started
@@ -153,12 +166,12 @@ def main() -> None:
             jobs[count] = run_job(corpus, root / f"out{count}")
             print(f"{count} videos: {jobs[count]['wall_s']} s, driver {jobs[count]['driver_peak_rss_mb']} MB", flush=True)
         (mid, large) = sizes[-2:]
-        seconds = {n: jobs[n]["this_run"]["video_seconds"] for n in sizes}
+        durations = _durations(distinct)
+        seconds = {n: sum(durations[i % len(durations)] for i in range(n)) for n in sizes}
         slope = (jobs[large]["wall_s"] - jobs[mid]["wall_s"]) / (seconds[large] - seconds[mid])
         intercept = jobs[mid]["wall_s"] - slope * seconds[mid]
         alone_s = work_alone(distinct, "video")
-        per_video = seconds[large] / large  # every video has the same length
-        alone_per_video_s = alone_s / (len(distinct) * per_video) / cores
+        alone_per_video_s = alone_s / sum(durations) / cores
         images = {}
         for name, count, size in (("small_160x120", args.images[0], (160, 120)), ("large_640x480", args.images[1], (640, 480))):
             manifest = image_corpus(root / name, count, size)

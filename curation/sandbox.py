@@ -83,14 +83,19 @@ def _serve(conn: Connection, work: Work, config: Config) -> None:
             conn.send((rows, seconds))
         except Rejected as rejected:
             conn.send(_Failure(rejected.stage, rejected.reason, transient=False, retryable=False))
+        except av.error.FFmpegError as err:  # the bytes, not the storage: terminal
+            conn.send(_Failure("decode", _one_line(err), transient=False, retryable=False))
         except OSError as err:
-            absent = isinstance(err, ABSENT) or isinstance(err, av.error.FFmpegError)
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-            conn.send(_Failure("read", reason, transient=not absent, retryable=not absent))
+            absent = isinstance(err, ABSENT)
+            conn.send(_Failure("read", _one_line(err), transient=not absent, retryable=not absent))
         except Exception as err:  # a defect on this input: reported with its traceback, job goes on
             log.error("curation defect on %s:\n%s", item.uri, traceback.format_exc())
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-            conn.send(_Failure("worker", reason, transient=False, retryable=True))
+            conn.send(_Failure("worker", _one_line(err), transient=False, retryable=True))
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).splitlines()[0][:300] if str(err) else ""
+    return f"{type(err).__name__}: {text}"
 
 
 class Sandbox:

@@ -16,8 +16,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 
 from pipeline.config.loader import ConfigError, config_to_yaml, load_config, preset_names
-from pipeline.models.weights import WeightsError
-from pipeline.models.weights_check import LAYOUTS
+from pipeline.models.errors import WeightsError
 
 
 def _add_config_args(
@@ -107,8 +106,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_check(args: argparse.Namespace) -> int:
-    from pipeline.models.weights_check import check_folder, format_report
+    from pipeline.models.weights_check import LAYOUTS, check_folder, format_report
 
+    if args.layout is not None and args.layout not in LAYOUTS:
+        raise SystemExit(f"i2vgen weights check: --layout must be one of {sorted(LAYOUTS)}")
     layout, reports = check_folder(args.dir, _config_from(args), args.layout)
     print(format_report(args.dir, layout, reports))
     return 0 if all(r.status in ("ok", "present") for r in reports) else 1
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights_sub = weights.add_subparsers(dest="weights_command", required=True)
     check = weights_sub.add_parser("check", help="which expected files DIR holds and whether they fit the preset")
     check.add_argument("dir")
-    check.add_argument("--layout", choices=sorted(LAYOUTS), help="the layout to check against (default: detect)")
+    check.add_argument("--layout", help="the layout to check against (default: detect; a wrong name lists them)")
     _add_config_args(check, default_preset="paper")
     check.set_defaults(func=cmd_weights_check)
     imp = weights_sub.add_parser(

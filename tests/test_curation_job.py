@@ -138,6 +138,7 @@ def test_report_renders(curated) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (curated / "report.html").read_text()
     assert "motion" in html and "aesthetic" in html and "<img" in html
+    assert "video-seconds per second" in html and "retryable" in html  # throughput; the rejects' columns
 
 
 @pytest.mark.slow

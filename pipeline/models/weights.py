@@ -12,9 +12,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-
-class WeightsError(ValueError):
-    """A weights file is missing, unsafe, or does not fit the model; the message says which."""
+from pipeline.models.errors import WeightsError
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
