@@ -36,6 +36,8 @@ from pipeline.ray_runtime import cluster_cpus, init_ray
 from pipeline.tables import CURATED_VERSIONS, REJECTS
 
 log = logging.getLogger("curation")
+MAX_BLOCKS = 20_000  # beyond it a block holds several units: results arrive a few units late
+SCORER_BATCH_ROWS = 64  # rows per GPU scorer call (a few keyframe JPEGs each)
 
 
 @dataclass
@@ -116,16 +118,21 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     """The job's dataset: plan units in (read lazily), fragment records out."""
     scoring = config.curation.scoring
     cpus = cluster_cpus()
-    units = ray.data.read_parquet(str(plan.path))
+    # A block per unit (up to MAX_BLOCKS): a worker's results reach the driver, and its
+    # commits, unit by unit, and a few videos spread over all the workers.
+    # Reading the plan is a few kilobytes of I/O: it takes no CPU from the workers' budget
+    # (with one, a full pool of workers would leave it none and wait for it forever).
+    units = ray.data.read_parquet(str(plan.path), override_num_blocks=min(plan.units, MAX_BLOCKS), num_cpus=0)
     on_gpu = scoring.aesthetic_gpus > 0
-    # One unit per call: a video, or a batch of small inputs, is already a task's worth.
+    # One unit per call: a video, or a batch of small inputs, is already a task's worth. A
+    # pool of fixed size starts all its workers at once (an autoscaling one adds them late).
     files = units.map_batches(FileStage, fn_constructor_args=(config, None if on_gpu else str(out)),
                               batch_size=1, batch_format="pyarrow", num_cpus=1,
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
+                              compute=ray.data.ActorPoolStrategy(size=min(cpus, plan.units)))
     if not on_gpu:
         return files
     return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
-                             batch_size=None, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
+                             batch_size=SCORER_BATCH_ROWS, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
                              compute=ray.data.ActorPoolStrategy(size=scoring.aesthetic_actors))
 
 
