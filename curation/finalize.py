@@ -21,6 +21,7 @@ from typing import Any
 import lance
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
 from pipeline.config.schema import Config
@@ -68,10 +69,11 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
             summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config)
     if committed(out / REJECTS):
         rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["stage", "retryable"])
+        stages = pc.value_counts(rejects.column("stage").combine_chunks()).to_pylist()
         summary["rejects"] = {
             "rows": rejects.num_rows,
-            "by_stage": dict(Counter(rejects.column("stage").to_pylist())),
-            "retryable": sum(bool(r) for r in rejects.column("retryable").to_pylist()),
+            "by_stage": {s["values"]: s["counts"] for s in stages},
+            "retryable": pc.sum(rejects.column("retryable").fill_null(False).cast(pa.int64())).as_py() or 0,
         }
     _step_done("decisions")
     _record_versions(out)
@@ -103,10 +105,19 @@ def _drop_duplicates(uri: Path, key: str, content: str) -> list[dict[str, Any]]:
 
 def _settle_rejects(uri: Path, duplicates: list[dict[str, Any]], media_sources: list[pa.Array]) -> None:
     """One reject per source that has no rows: the latest (most attempts); a source that now
-    has rows keeps none (a retryable failure that has since succeeded)."""
+    has rows keeps none (a retryable failure that has since succeeded). Checked on the
+    source column alone; only when something is to settle (a retried source, a duplicate)
+    is the table read and rewritten."""
     if not committed(uri):
         return
-    table = lance.dataset(str(uri)).to_table()
+    ds = lance.dataset(str(uri))
+    sources = ds.to_table(columns=["source"]).column("source").combine_chunks()
+    with_rows_mask = pc.is_in(sources, value_set=pa.concat_arrays(media_sources)) if media_sources else None
+    settled_already = pc.count_distinct(sources).as_py() == len(sources) and not duplicates and (
+        with_rows_mask is None or not pc.any(with_rows_mask).as_py())
+    if settled_already:  # the usual case, read as one Arrow column: no per-row objects
+        return
+    table = ds.to_table()
     merged = pd.concat([table.to_pandas(), pd.DataFrame(duplicates, columns=REJECTS_SCHEMA.names)], ignore_index=True)
     with_rows = set(pa.concat_arrays(media_sources).to_pylist()) if media_sources else set()
     settled = merged[~merged["source"].isin(with_rows)].sort_values(["source", "attempts"], kind="stable")

@@ -36,7 +36,7 @@ from pipeline.ray_runtime import cluster_cpus, init_ray
 from pipeline.tables import CURATED_VERSIONS, REJECTS
 
 log = logging.getLogger("curation")
-MAX_BLOCKS = 20_000  # beyond it a block holds several units: results arrive a few units late
+BLOCKS_PER_CPU = 32
 SCORER_BATCH_ROWS = 64  # rows per GPU scorer call (a few keyframe JPEGs each)
 
 
@@ -118,11 +118,14 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     """The job's dataset: plan units in (read lazily), fragment records out."""
     scoring = config.curation.scoring
     cpus = cluster_cpus()
-    # A block per unit (up to MAX_BLOCKS): a worker's results reach the driver, and its
-    # commits, unit by unit, and a few videos spread over all the workers.
+    # A block per unit while there are few (a few videos spread over all the workers, and
+    # each unit's rows are committed as it ends), at most BLOCKS_PER_CPU per core: the
+    # driver keeps some state per block (a 100k-input plan in a block per unit took 135 MB
+    # more of it than one in 157 blocks), and a worker's records reach it once a block ends.
     # Reading the plan is a few kilobytes of I/O: it takes no CPU from the workers' budget
     # (with one, a full pool of workers would leave it none and wait for it forever).
-    units = ray.data.read_parquet(str(plan.path), override_num_blocks=min(plan.units, MAX_BLOCKS), num_cpus=0)
+    blocks = min(plan.units, BLOCKS_PER_CPU * cpus)
+    units = ray.data.read_parquet(str(plan.path), override_num_blocks=blocks, num_cpus=0)
     on_gpu = scoring.aesthetic_gpus > 0
     # One unit per call: a video, or a batch of small inputs, is already a task's worth. A
     # pool of fixed size starts all its workers at once (an autoscaling one adds them late).
