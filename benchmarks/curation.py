@@ -1,22 +1,29 @@
 """Curation throughput against its bounds and against the naive path, side by side.
 
-    python benchmarks/curation.py                      # generated corpus
-    python benchmarks/curation.py --corpus DIR         # any folder of videos
+    python benchmarks/curation.py                      # generated corpora
+    python benchmarks/curation.py --corpus DIR         # any folder of videos instead of the 720p one
+    python benchmarks/curation.py --pans 0             # without the low-resolution photo corpus
     python benchmarks/curation.py --long-seconds 300   # worker memory on a 5-minute 720p video
 
-Figures (all on the same videos, in one run, so ratios survive a noisy machine):
+Figures (all on the same videos, in one run, so ratios survive a noisy machine), the first
+three on each of two corpora side by side: generated multi-shot 720p videos (or ``--corpus``),
+and 3 s camera moves over photographs at the base stage's 448x256, where decoding is cheap
+and the per-frame work of the detectors and scorers weighs most:
 - decode-only bound: decord decoding every frame at the analysis size, nothing else;
-- our analysis pass (shots + dissolves + motion + subject + motion vectors, one decode) and
-  our full per-file work (analysis + H.264 encoding of every clip);
+- our analysis pass (shots + dissolves + motion + subject + motion vectors, one decode), and
+  the same without the dissolve detector (what that detector costs);
 - the naive path a user would write: PySceneDetect's ``detect()`` per file, then a separate
   full-resolution decode for each scorer (Farneback motion at 2 fps, subject share);
+- our full per-file work (analysis + H.264 encoding of every clip);
 - the whole job (Ray, Lance) in video-seconds per second and per core;
 - Farneback vs codec motion vectors: time per video-second, and the rank correlation and
   median ratio of their per-clip scores (both read the same unit, so the ratio should be ~1);
 - peak RSS of a worker process on a short and on a long 720p video (memory must stay flat).
 The decode-only, analysis and naive passes run ``--repeats`` times, interleaved, and the
 fastest run of each counts (every run is kept in the JSON): on a shared machine one run of
-each can differ by 2x or more. Writes ``benchmarks/results/curation.json``.
+each can differ by 2x or more. Each pass is timed on the wall clock and in process CPU time:
+decord decodes on several threads and our pass on one (a worker per core in the job), so the
+CPU ratio is the per-core cost. Writes ``benchmarks/results/curation.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +71,33 @@ def _usable(videos: list[Path], config) -> list[tuple[Path, object]]:
     return out
 
 
+PAN_SIZE = (448, 256)
+PAN_MOVES = (  # per frame, in pixels of the 256 px analysis width; zoom as a relative change of scale
+    {"pan": (0.5, 0.0)}, {"pan": (1.0, 0.0)}, {"pan": (-2.0, 0.0)}, {"pan": (0.0, 1.0)},
+    {"zoom": 0.005}, {"zoom": -0.005}, {"zoom": 0.01}, {"pan": (1.6, -1.2)},
+)
+
+
+def write_photo_pans(folder: Path, videos: int, seconds: float = 3.0, fps: int = 24) -> None:
+    """``videos`` single-shot camera moves over photographs at ``PAN_SIZE``: the photographs
+    installed packages ship (``sample_photographs``), then photo-like pictures, each with
+    the next of ``PAN_MOVES``. The same arguments give the same files."""
+    import numpy as np
+    from PIL import Image
+
+    from curation.synthetic import CameraShot, photo_like, sample_photographs, write_camera_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    real = [np.asarray(Image.open(p).convert("RGB")) for p in sample_photographs()]
+    scale = PAN_SIZE[0] / 256
+    for i in range(videos):
+        picture = real[i] if i < len(real) else photo_like(600, 900, seed=100 + i)
+        move = PAN_MOVES[i % len(PAN_MOVES)]
+        pan = tuple(v * scale for v in move.get("pan", (0.0, 0.0)))
+        shot = CameraShot(picture, round(seconds * fps), pan=pan, zoom=move.get("zoom", 0.0))
+        write_camera_video(folder / f"pan_{i:03d}.mp4", [shot], fps=fps, size=PAN_SIZE)
+
+
 def decode_only(videos, config) -> float:
     import decord
 
@@ -78,12 +112,17 @@ def decode_only(videos, config) -> float:
     return time.perf_counter() - start
 
 
-def analysis_only(videos, config) -> float:
+def analysis_only(videos, config, dissolves: bool = True) -> float:
+    from dataclasses import replace
+
     from curation.analysis import iter_segments
 
+    curation = config.curation
+    if not dissolves:
+        curation = replace(curation, split=replace(curation.split, dissolves=False))
     start = time.perf_counter()
     for path, info in videos:
-        for _ in iter_segments(str(path), info, config.curation):
+        for _ in iter_segments(str(path), info, curation):
             pass
     return time.perf_counter() - start
 
@@ -186,12 +225,34 @@ def score_agreement(out: Path) -> dict:
 
 def fastest(passes: dict, repeats: int) -> dict:
     """Run each pass ``repeats`` times, interleaved so that load changes hit all alike;
-    ``{name: [seconds per run]}``."""
+    ``{name: [(wall seconds, CPU seconds) per run]}``."""
     runs: dict = {name: [] for name in passes}
     for _ in range(repeats):
         for name, run in passes.items():
-            runs[name].append(run())
+            cpu = time.process_time()
+            wall = run()
+            runs[name].append((wall, time.process_time() - cpu))
     return runs
+
+
+def compare_passes(videos, config, repeats: int) -> dict:
+    """The decode-only, analysis and naive passes on one corpus, and their ratios."""
+    runs = fastest({
+        "decode_only": lambda: decode_only(videos, config),
+        "analysis": lambda: analysis_only(videos, config),
+        "analysis_no_dissolves": lambda: analysis_only(videos, config, dissolves=False),
+        "naive": lambda: naive(videos),
+    }, repeats)
+    out: dict = {"video_seconds": sum(info.duration for _, info in videos), "videos": len(videos),
+                 "sizes": sorted({f"{info.width}x{info.height}" for _, info in videos})}
+    for name, times in runs.items():
+        out[f"{name}_s"], out[f"{name}_cpu_s"] = min(w for w, _ in times), min(c for _, c in times)
+        out[f"{name}_runs_s"] = [w for w, _ in times]
+    out["analysis_vs_decode_only"] = out["analysis_s"] / out["decode_only_s"]
+    out["analysis_vs_decode_only_cpu"] = out["analysis_cpu_s"] / out["decode_only_cpu_s"]
+    out["dissolves_share_of_analysis"] = 1 - out["analysis_no_dissolves_cpu_s"] / out["analysis_cpu_s"]
+    out["naive_vs_analysis"] = out["naive_s"] / out["analysis_s"]
+    return out
 
 
 def worker_rss(path: Path) -> float:
@@ -203,9 +264,9 @@ def worker_rss(path: Path) -> float:
     code = (
         "import sys; from pipeline.config import load_config; from curation.sources import MediaItem;"
         "from curation.worker import process_item;"
-        "r = process_item(MediaItem(sys.argv[1], 'video'), load_config('paper'));"
+        "rows, _ = process_item(MediaItem(sys.argv[1], 'video'), load_config('paper'));"
         "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'));"
-        "print(int(hwm.split()[1]) / 1024, len(r.get('rows', [])))"
+        "print(int(hwm.split()[1]) / 1024, len(rows))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True).stdout
     return float(out.split()[0])
@@ -213,8 +274,9 @@ def worker_rss(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, help="a folder of videos (default: a generated corpus)")
-    parser.add_argument("--videos", type=int, default=6, help="videos in the generated corpus")
+    parser.add_argument("--corpus", type=Path, help="a folder of videos (default: a generated 720p corpus)")
+    parser.add_argument("--videos", type=int, default=6, help="videos in the generated 720p corpus")
+    parser.add_argument("--pans", type=int, default=24, help="3 s photo pans in the 448x256 corpus (0: none)")
     parser.add_argument("--long-seconds", type=float, default=300.0, help="length of the long 720p video for the RSS figure")
     parser.add_argument("--short-seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the decode-only, analysis and naive passes")
@@ -230,20 +292,19 @@ def main() -> None:
         write_sample_corpus(folder, videos=args.videos, seed=1, size=(1280, 720))
     videos = _usable(_videos(folder), config)
     seconds = sum(info.duration for _, info in videos)
-    results: dict = {"video_seconds": seconds, "videos": len(videos)}
-    runs = fastest({"decode_only": lambda: decode_only(videos, config), "analysis": lambda: analysis_only(videos, config),
-                    "naive": lambda: naive(videos)}, args.repeats)
-    for name, times in runs.items():
-        results[f"{name}_s"], results[f"{name}_runs_s"] = min(times), times
+    corpora = {"given" if args.corpus else "generated_720p": compare_passes(videos, config, args.repeats)}
+    if args.pans:
+        write_photo_pans(work / "pans", args.pans)
+        corpora["photo_pans_448x256"] = compare_passes(_usable(_videos(work / "pans"), config), config, args.repeats)
+    results: dict = {"corpora": corpora, "video_seconds": seconds, "videos": len(videos)}
     results["per_file_s"] = per_file(videos, config)
     results["motion_s_per_video_s"] = motion_methods(videos, config)
     cores = os.cpu_count() or 1  # the job's embedded Ray cluster uses every core
     results["job_s"] = job(folder, work / "out", "tiny")
     results["job_video_s_per_s"] = seconds / results["job_s"]
     results["job_video_s_per_core_s"] = seconds / results["job_s"] / cores
-    results["analysis_vs_decode_only"] = results["analysis_s"] / results["decode_only_s"]
-    results["naive_vs_analysis"] = results["naive_s"] / results["analysis_s"]
-    results["naive_vs_per_file"] = results["naive_s"] / results["per_file_s"]
+    main_corpus = next(iter(corpora.values()))
+    results["naive_vs_per_file"] = main_corpus["naive_s"] / results["per_file_s"]
     results["motion_agreement"] = score_agreement(work / "out")
 
     short = write_long_video(work / "short.mp4", args.short_seconds)
@@ -253,13 +314,18 @@ def main() -> None:
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
+    for name, c in corpora.items():
+        print(
+            f"{name}: {c['videos']} videos, {c['video_seconds']:.0f} video-s | decode-only {c['decode_only_s']:.1f} s, "
+            f"analysis {c['analysis_s']:.1f} s ({c['analysis_vs_decode_only']:.2f}x, CPU "
+            f"{c['analysis_vs_decode_only_cpu']:.2f}x; dissolves {c['dissolves_share_of_analysis']:.0%} of it), naive "
+            f"{c['naive_s']:.1f} s ({c['naive_vs_analysis']:.2f}x our analysis)"
+        )
     print(
-        f"{len(videos)} videos, {seconds:.0f} video-s | decode-only {results['decode_only_s']:.1f} s, analysis "
-        f"{results['analysis_s']:.1f} s ({results['analysis_vs_decode_only']:.2f}x), per-file {results['per_file_s']:.1f} s, "
-        f"naive {results['naive_s']:.1f} s ({results['naive_vs_analysis']:.2f}x our analysis, "
-        f"{results['naive_vs_per_file']:.2f}x our analysis + encoding) | job {results['job_video_s_per_s']:.1f} "
-        f"video-s/s ({results['job_video_s_per_core_s']:.1f} per core) | motion s/video-s {results['motion_s_per_video_s']} "
-        f"agreement {results['motion_agreement']} | worker RSS {results['worker_rss_mb']}"
+        f"per-file {results['per_file_s']:.1f} s (naive {results['naive_vs_per_file']:.2f}x our analysis + encoding) | "
+        f"job {results['job_video_s_per_s']:.1f} video-s/s ({results['job_video_s_per_core_s']:.1f} per core) | motion "
+        f"s/video-s {results['motion_s_per_video_s']} agreement {results['motion_agreement']} | worker RSS "
+        f"{results['worker_rss_mb']}"
     )
     print(f"wrote {RESULTS}")
 

@@ -257,7 +257,9 @@ def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int,
     return count
 
 
-def _timeline(shots: list[ShotSpec] | list[CameraShot]) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, int, int]]]:
+def _timeline(
+    shots: list[ShotSpec] | list[CameraShot],
+) -> tuple[list[int], list[tuple[int, int]], list[tuple[str, int, int]]]:
     """Cuts, dissolves and shot spans, known before a single frame is drawn."""
     cuts, dissolves, spans, start = [], [], [], 0
     for n, spec in enumerate(shots):
@@ -399,30 +401,36 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     (1/f^2), under a lighting ramp, with a few soft-edged ellipses in front.
     """
     rng = np.random.default_rng(seed)
+    light = np.add.outer(np.linspace(-0.5, 0.5, height), rng.uniform(-0.5, 0.5) * np.linspace(-1, 1, width))
+    luma = 0.45 + 0.12 * _power_law_noise(rng, height, width, 1.3) + 0.2 * light
+    colour = np.stack([_power_law_noise(rng, height, width, 2.0) for _ in range(3)], axis=-1)
+    background = np.clip(luma[..., None] + 0.06 * colour, 0, 1) * 255
+    return _soft_ellipses(background.astype(np.float32), rng, count=5)
+
+
+def _power_law_noise(rng: np.random.Generator, height: int, width: int, exponent: float) -> np.ndarray:
+    """Zero-mean, unit-variance noise whose amplitude spectrum falls as 1/f^``exponent``."""
     fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
     frequency = np.maximum(np.hypot(fy, fx), 1.0 / max(height, width))
+    field = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((height, width))) * frequency**-exponent, s=(height, width))
+    return (field - field.mean()) / (field.std() + 1e-8)
 
-    def noise(exponent: float) -> np.ndarray:
-        spectrum = np.fft.rfft2(rng.standard_normal((height, width))) * frequency**-exponent
-        field = np.fft.irfft2(spectrum, s=(height, width))
-        return (field - field.mean()) / (field.std() + 1e-8)
 
-    light = np.add.outer(np.linspace(-0.5, 0.5, height), rng.uniform(-0.5, 0.5) * np.linspace(-1, 1, width))
-    luma = 0.45 + 0.12 * noise(1.3) + 0.2 * light
-    rgb = luma[..., None] + 0.06 * np.stack([noise(2.0) for _ in range(3)], axis=-1)
-    canvas = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
-    shapes = Image.new("RGB", (width, height))
-    mask = Image.new("L", (width, height))
-    for _ in range(5):
+def _soft_ellipses(canvas: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` muted ellipses over a float RGB ``canvas``, edges blurred as a lens would."""
+    height, width = canvas.shape[:2]
+    shapes, mask = Image.new("RGB", (width, height)), Image.new("L", (width, height))
+    for _ in range(count):
         cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
         rx, ry = rng.uniform(0.05, 0.2) * width, rng.uniform(0.05, 0.2) * height
         r, g, b = colorsys.hsv_to_rgb(float(rng.random()), 0.5, float(rng.uniform(0.3, 0.9)))
-        ImageDraw.Draw(shapes).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=(int(r * 255), int(g * 255), int(b * 255)))
-        ImageDraw.Draw(mask).ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
-    blur = cv2.GaussianBlur(np.asarray(mask), (0, 0), max(1.0, min(width, height) / 200)).astype(np.float32)[..., None] / 255
-    soft = cv2.GaussianBlur(np.asarray(shapes), (0, 0), max(1.0, min(width, height) / 200)).astype(np.float32)
-    out = np.asarray(canvas, np.float32) * (1 - blur) + soft  # the blurred shapes are premultiplied by the blurred mask
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        box = [cx - rx, cy - ry, cx + rx, cy + ry]
+        ImageDraw.Draw(shapes).ellipse(box, fill=(int(r * 255), int(g * 255), int(b * 255)))
+        ImageDraw.Draw(mask).ellipse(box, fill=255)
+    sigma = max(1.0, min(width, height) / 200)
+    cover = cv2.GaussianBlur(np.asarray(mask), (0, 0), sigma).astype(np.float32)[..., None] / 255
+    colour = cv2.GaussianBlur(np.asarray(shapes), (0, 0), sigma).astype(np.float32)  # already weighted by the cover
+    return np.clip(canvas * (1 - cover) + colour + 0.5, 0, 255).astype(np.uint8)
 
 
 def smooth_gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -430,13 +438,12 @@ def smooth_gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
     frequency waves (a sky, a studio backdrop). A pan over it changes every pixel almost
     exactly linearly over time, which is the hardest case for telling motion from a fade."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    xx, yy = xx / max(height, width), yy / max(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) / max(height, width)
     channels = []
     for _ in range(3):
-        wave = sum(np.cos(2 * math.pi * (rng.uniform(0.2, 1.2) * (math.cos(t) * xx + math.sin(t) * yy)) + rng.uniform(0, 6.3))
-                   for t in rng.uniform(0, math.pi, 3))
-        channels.append(0.5 + 0.13 * wave)
+        waves = [(rng.uniform(0.2, 1.2), angle, rng.uniform(0, 2 * math.pi)) for angle in rng.uniform(0, math.pi, 3)]
+        channels.append(0.5 + 0.13 * sum(np.cos(2 * math.pi * cycles * (math.cos(angle) * xx + math.sin(angle) * yy)
+                                                + phase) for cycles, angle, phase in waves))
     return (np.clip(np.stack(channels, axis=-1), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
