@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.finalize import committed
 from curation.sources import InputReject, MediaItem, manifest_entries, scan_inputs
 from pipeline.tables import CLIPS, IMAGES, REJECTS
 
@@ -65,10 +66,10 @@ class DoneSources:
 
         done: list[pa.Array] = []
         for name in (CLIPS, IMAGES):
-            if _committed(out / name):
+            if committed(out / name):
                 done.append(lance.dataset(str(out / name)).to_table(columns=["source"]).column("source").combine_chunks())
         self.retry_attempts: dict[str, int] = {}
-        if _committed(out / REJECTS):
+        if committed(out / REJECTS):
             rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["source", "retryable", "attempts"])
             retryable = rejects.column("retryable").fill_null(False)
             done.append(rejects.filter(pc.invert(retryable)).column("source").combine_chunks())
@@ -79,10 +80,6 @@ class DoneSources:
 
     def mask_new(self, sources: pa.Array) -> pa.Array:
         return pc.invert(pc.is_in(sources, value_set=self.sources))
-
-
-def _committed(uri: Path) -> bool:
-    return (uri / "_versions").is_dir() and any((uri / "_versions").iterdir())
 
 
 class _PlanWriter:
