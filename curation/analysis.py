@@ -12,7 +12,6 @@ video's length.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -21,10 +20,10 @@ from typing import Iterator, Optional
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from PIL import Image
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from curation.dissolves import DissolveDetector
+from curation.keyframes import encode_jpeg
 from curation.probe import Rejected, VideoInfo, open_media
 from curation.scorers.motion import ReferenceOrder, flow_magnitude, motion_vector_magnitude, sample_motion
 from curation.scorers.subject import subject_share
@@ -190,7 +189,7 @@ class _Sampler:
             flow = None
         # The earliest frame the flow may have read: a clip that starts after it drops the flow.
         reference = self.prev[0] if self.prev else (index - 1 if flow is not None else None)
-        sample = Sample(index, flow, reference, subject_share(rgb), _jpeg(rgb))
+        sample = Sample(index, flow, reference, subject_share(rgb), encode_jpeg(rgb))
         self.prev = self.before = (index, rgb)
         return sample
 
@@ -264,9 +263,3 @@ def _indexed_frames(container, info: VideoInfo) -> Iterator[tuple[int, av.VideoF
             if index > last_index:
                 last_index = index
                 yield index, frame, refs.distances(frame.pts)
-
-
-def _jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

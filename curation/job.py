@@ -1,6 +1,7 @@
 """The curation job: one streaming Ray Data pipeline from the plan to Lance fragments.
 
-    plan (driver) -> FileStage actors (sandboxed per-file work; on CPU also score and write)
+    plan (driver) -> unit ranges -> FileStage actors (read their units of the plan; sandboxed
+                  per-file work; on CPU also score and write)
                   [-> AestheticStage actors holding curation.scoring.aesthetic_gpus: score, write]
                   -> fragment records -> driver: commits them every curation.commit_every_s
 
@@ -29,7 +30,7 @@ from lance.fragment import FragmentMetadata
 from tqdm.auto import tqdm
 
 from curation.finalize import committed, finalize
-from curation.plan import Plan, write_plan
+from curation.plan import Plan, unit_ranges, write_plan
 from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
@@ -115,23 +116,20 @@ def _create_tables(out: Path) -> None:
 
 
 def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
-    """The job's dataset: plan units in (read lazily), fragment records out."""
+    """The job's dataset: ranges of plan units in (the workers read them), fragment records out."""
     scoring = config.curation.scoring
     cpus = cluster_cpus()
-    # A block per unit while there are few (a few videos spread over all the workers, and
-    # each unit's rows are committed as it ends), at most BLOCKS_PER_CPU per core: the
+    # A range per unit while there are few (a few videos spread over all the workers, and
+    # each unit's rows are committed as it ends), at most BLOCKS_PER_CPU ranges per core: the
     # driver keeps some state per block (a 100k-input plan in a block per unit took 135 MB
     # more of it than one in 157 blocks), and a worker's records reach it once a block ends.
-    # Reading the plan is a few kilobytes of I/O: it takes no CPU from the workers' budget
-    # (with one, a full pool of workers would leave it none and wait for it forever).
-    blocks = min(plan.units, BLOCKS_PER_CPU * cpus)
-    units = ray.data.read_parquet(str(plan.path), override_num_blocks=blocks, num_cpus=0)
+    ranges = unit_ranges(plan, BLOCKS_PER_CPU * cpus)
     on_gpu = scoring.aesthetic_gpus > 0
-    # One unit per call: a video, or a batch of small inputs, is already a task's worth. A
-    # pool of fixed size starts all its workers at once (an autoscaling one adds them late).
-    files = units.map_batches(FileStage, fn_constructor_args=(config, None if on_gpu else str(out)),
-                              batch_size=1, batch_format="pyarrow", num_cpus=1,
-                              compute=ray.data.ActorPoolStrategy(size=min(cpus, plan.units)))
+    # One range per call. A pool of fixed size starts all its workers at once (an
+    # autoscaling one adds them late).
+    files = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+        FileStage, fn_constructor_args=(config, str(plan.path), None if on_gpu else str(out)),
+        batch_size=1, batch_format="pyarrow", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=min(cpus, len(ranges))))
     if not on_gpu:
         return files
     return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
@@ -158,9 +156,6 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
         init_ray()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the job draws its own, with its throughput
-        # Ray 2.60's Parquet reader V2 starts 32 footer-reading actors before the first row;
-        # on a 2-core node that took 30 s for a plan of a few kilobytes. V1 reads it at once.
-        context.use_datasource_v2 = False
         committer = _Committer(out, config.curation.commit_every_s)
         bar = tqdm(total=todo, desc="curate", unit="file", disable=not progress)
         for record in _records(build_pipeline(plan, out, config)):

@@ -4,8 +4,9 @@ The driver lists folders and globs, streams manifests a batch at a time, drops t
 the tables already account for (clips, images, and terminal rejects), and writes what is left
 to ``<out>/_plan/`` as units of work: one video, or up to ``curation.images_per_task`` small
 inputs (images, and inputs that are rejects already), so an image costs its own decode and
-score rather than a task. The pipeline reads the plan lazily, so neither a manifest of
-millions of rows nor the work on it is ever held by the driver. Inputs that name
+score rather than a task. The pipeline hands the workers ranges of units (``unit_ranges``),
+and each worker reads its range from the plan itself (``read_units``), so neither a manifest
+of millions of rows nor the work on it is ever held by the driver. Inputs that name
 nothing (a missing path, an unusable manifest row) are planned as rejects and written by the
 workers with everything else. A source whose last reject was retryable is planned again
 with its earlier attempts counted.
@@ -155,3 +156,28 @@ def write_plan(inputs: list[str], out: Path, images_per_task: int) -> Plan:
         writer.add(item)
     writer.close()
     return plan
+
+
+def unit_ranges(plan: Plan, parts: int) -> list[dict[str, int]]:
+    """``[start, stop)`` ranges of the plan's units: ``parts`` of them, or one per unit when
+    there are fewer, sizes differing by at most one unit."""
+    count = min(plan.units, parts)
+    bounds = [plan.units * k // count for k in range(count + 1)]
+    return [{"start": a, "stop": b} for a, b in zip(bounds, bounds[1:])]
+
+
+def read_units(path: str, start: int, stop: int) -> list[list[dict]]:
+    """Units ``[start, stop)`` of the plan at ``path``: only the row groups that hold them
+    are read, so a worker's cost does not grow with the plan."""
+    plan = pq.ParquetFile(path)
+    groups, first_row, offset = [], None, 0
+    for group in range(plan.num_row_groups):
+        rows = plan.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > start:
+            groups.append(group)
+            first_row = offset if first_row is None else first_row
+        offset += rows
+    if not groups:
+        return []
+    table = plan.read_row_groups(groups, columns=["items"])
+    return table.slice(start - first_row, stop - start).column("items").to_pylist()

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
 import av
+import cv2
 
 from curation.probe import Rejected
 from curation.sources import MediaItem
@@ -70,27 +71,33 @@ Work = Callable[[MediaItem, Config], tuple[list[dict[str, Any]], float]]
 
 
 def _serve(conn: Connection, work: Work, config: Config) -> None:
-    """The child's loop: one item in, one result or failure out, until the pipe closes."""
+    """The child's loop: a list of items in, one result or failure out per item as each
+    ends (the parent times each from the previous one's answer), until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the child stops
+    cv2.setNumThreads(1)  # the pool's workers, one per core, are the parallelism (see stages)
     conn.send(READY)  # imports done: the first file's clock starts now, not at the spawn
     while True:
         try:
-            item = conn.recv()
+            items = conn.recv()
         except EOFError:
             return
-        try:
-            rows, seconds = work(item, config)
-            conn.send((rows, seconds))
-        except Rejected as rejected:
-            conn.send(_Failure(rejected.stage, rejected.reason, transient=False, retryable=False))
-        except av.error.FFmpegError as err:  # the bytes, not the storage: terminal
-            conn.send(_Failure("decode", _one_line(err), transient=False, retryable=False))
-        except OSError as err:
-            absent = isinstance(err, ABSENT)
-            conn.send(_Failure("read", _one_line(err), transient=not absent, retryable=not absent))
-        except Exception as err:  # a defect on this input: reported with its traceback, job goes on
-            log.error("curation defect on %s:\n%s", item.uri, traceback.format_exc())
-            conn.send(_Failure("worker", _one_line(err), transient=False, retryable=True))
+        for item in items:
+            conn.send(_work_on(item, work, config))
+
+
+def _work_on(item: MediaItem, work: Work, config: Config) -> Any:
+    try:
+        return work(item, config)
+    except Rejected as rejected:
+        return _Failure(rejected.stage, rejected.reason, transient=False, retryable=False)
+    except av.error.FFmpegError as err:  # the bytes, not the storage: terminal
+        return _Failure("decode", _one_line(err), transient=False, retryable=False)
+    except OSError as err:
+        absent = isinstance(err, ABSENT)
+        return _Failure("read", _one_line(err), transient=not absent, retryable=not absent)
+    except Exception as err:  # a defect on this input: reported with its traceback, job goes on
+        log.error("curation defect on %s:\n%s", item.uri, traceback.format_exc())
+        return _Failure("worker", _one_line(err), transient=False, retryable=True)
 
 
 def _one_line(err: BaseException) -> str:
@@ -108,25 +115,49 @@ class Sandbox:
         self.cfg = config.curation
         self._process: Optional[mp.process.BaseProcess] = None
         self._conn: Optional[Connection] = None
+        self._ready = False  # the child has answered READY
 
-    def run(self, item: MediaItem, prior_attempts: int = 0) -> Outcome:
-        """The item's rows or its reject, after the retries its failures deserve."""
-        attempts = 0
-        while True:
-            attempts += 1
-            started = time.monotonic()
-            result = self._attempt(item)
-            work_s = time.monotonic() - started
-            if not isinstance(result, _Failure):
-                rows, seconds = result
-                return Outcome(rows, seconds, attempts=prior_attempts + attempts, work_s=work_s)
-            if not result.transient or attempts > self.cfg.max_retries:
-                gave_up = f" (after {attempts} tries)" if result.transient else ""
-                return Outcome([], reject=(result.stage, result.reason + gave_up), retryable=result.retryable,
-                               attempts=prior_attempts + attempts, work_s=work_s)
-            backoff = self.cfg.retry_backoff_s * 2 ** (attempts - 1)
-            log.warning("%s: %s; trying again in %.1f s", item.uri, result.reason, backoff)
-            time.sleep(backoff)
+    def run_all(self, items: list[tuple[MediaItem, int]]) -> list[Outcome]:
+        """Each ``(item, prior_attempts)``'s rows or reject, in order, after the retries its
+        failures deserve. The items go to the child in one message and their answers stream
+        back, so a unit of small images costs one round trip, not one per image; a hang or a
+        crash ends the stream at its item, and the items after it go to a fresh child."""
+        outcomes: dict[int, Outcome] = {}
+        attempts = [0] * len(items)
+        work_s = [0.0] * len(items)
+        todo, again, rounds = list(range(len(items))), [], 0
+        while todo:
+            answered = self._stream([items[i][0] for i in todo])
+            for i, (result, seconds) in zip(todo, answered):
+                attempts[i] += 1
+                work_s[i] += seconds
+                item, prior = items[i]
+                if not isinstance(result, _Failure):
+                    rows, length = result
+                    outcomes[i] = Outcome(rows, length, attempts=prior + attempts[i], work_s=work_s[i])
+                elif result.transient and attempts[i] <= self.cfg.max_retries:
+                    log.warning("%s: %s; trying again", item.uri, result.reason)
+                    again.append(i)
+                else:
+                    gave_up = f" (after {attempts[i]} tries)" if result.transient else ""
+                    outcomes[i] = Outcome([], reject=(result.stage, result.reason + gave_up),
+                                          retryable=result.retryable, attempts=prior + attempts[i], work_s=work_s[i])
+            todo = todo[len(answered):]
+            if not todo and again:
+                rounds += 1
+                time.sleep(self.cfg.retry_backoff_s * 2 ** (rounds - 1))
+                todo, again = again, []
+        return [outcomes[i] for i in range(len(items))]
+
+    def start(self) -> None:
+        """Spawn the child now, without waiting for it: its imports overlap the caller's."""
+        if self._process is None or not self._process.is_alive():
+            context = mp.get_context("spawn")  # a fork of a threaded Ray worker can deadlock
+            parent, child = context.Pipe()
+            self._process = context.Process(target=_serve, args=(child, self.work, self.config), daemon=True)
+            self._process.start()
+            child.close()
+            self._conn, self._ready = parent, False
 
     def close(self) -> None:
         if self._conn is not None:
@@ -137,17 +168,24 @@ class Sandbox:
                 self._process.kill()
         self._process = self._conn = None
 
-    def _attempt(self, item: MediaItem) -> Any:
+    def _stream(self, items: list[MediaItem]) -> list[tuple[Any, float]]:
+        """Answers (result or ``_Failure``, seconds of work) for a prefix of ``items``: all of
+        them, or up to the one whose child hung or died."""
         conn = self._ensure_child()
-        conn.send(item)
-        if not conn.poll(self.cfg.file_timeout_s):
-            self._kill()
-            return _Failure("worker", f"timed out after {self.cfg.file_timeout_s:g} s of work (decoder hung?)",
-                            transient=False, retryable=False)
-        try:
-            return conn.recv()
-        except (EOFError, ConnectionError):
-            return self._died()
+        conn.send(items)
+        answered: list[tuple[Any, float]] = []
+        for _ in items:
+            started = time.monotonic()
+            if not conn.poll(self.cfg.file_timeout_s):
+                self._kill()
+                failure = _Failure("worker", f"timed out after {self.cfg.file_timeout_s:g} s of work (decoder hung?)",
+                                   transient=False, retryable=False)
+                return answered + [(failure, time.monotonic() - started)]
+            try:
+                answered.append((conn.recv(), time.monotonic() - started))
+            except (EOFError, ConnectionError):
+                return answered + [(self._died(), time.monotonic() - started)]
+        return answered
 
     def _died(self) -> _Failure:
         assert self._process is not None
@@ -161,17 +199,17 @@ class Sandbox:
                         transient=True, retryable=False)
 
     def _ensure_child(self) -> Connection:
-        if self._process is None or not self._process.is_alive():
-            context = mp.get_context("spawn")  # a fork of a threaded Ray worker can deadlock
-            parent, child = context.Pipe()
-            self._process = context.Process(target=_serve, args=(child, self.work, self.config), daemon=True)
-            self._process.start()
-            child.close()
-            if not parent.poll(START_TIMEOUT_S) or parent.recv() != READY:
-                self._process.kill()
+        self.start()
+        assert self._process is not None and self._conn is not None
+        if not self._ready:
+            try:
+                ready = self._conn.poll(START_TIMEOUT_S) and self._conn.recv() == READY
+            except (EOFError, ConnectionError):  # it died importing: a broken install, not a file
+                ready = False
+            if not ready:
+                self._kill()
                 raise RuntimeError(f"the curation sandbox did not start in {START_TIMEOUT_S} s")
-            self._conn = parent
-        assert self._conn is not None
+            self._ready = True
         return self._conn
 
     def _kill(self) -> None:

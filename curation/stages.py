@@ -1,7 +1,7 @@
 """The pipeline's stages, as Ray Data runs them: callable classes for ``map_batches``.
 
-    scoring on CPU:  plan units --FileStage (work, score, write)--> fragment records
-    scoring on GPU:  plan units --FileStage (work)--> staged rows --AestheticStage (score, write)--> records
+    scoring on CPU:  unit ranges --FileStage (read plan, work, score, write)--> fragment records
+    scoring on GPU:  unit ranges --FileStage (read plan, work)--> staged rows --AestheticStage (score, write)--> records
 
 On CPU the scorer runs inside each file worker (loaded once per actor): a separate CPU pool
 would take a core from the per-file work and copy every keyframe through the object store
@@ -17,16 +17,17 @@ and returns only their metadata, so media never reach the driver.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from typing import Any, Optional
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
+from curation.keyframes import decode_jpeg
+from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
 from curation.sources import MediaItem
 from pipeline.config.schema import Config
@@ -75,23 +76,31 @@ def _item(row: dict[str, Any]) -> MediaItem:
 
 class FileStage:
     """Per-file work (probe, analysis, split, clip encoding; an image's decode and scores)
-    for units of planned inputs, each input in the actor's sandboxed child process. With
-    ``out`` it also scores and writes, and returns fragment records."""
+    for ranges of the plan's units, each input in the actor's sandboxed child process. With
+    ``out`` it also scores and writes, and returns fragment records. It reads its ranges
+    from the plan itself: a read task ahead of it took 5 s to start on a 2-core node."""
 
-    def __init__(self, config: Config, out: Optional[str]) -> None:
+    def __init__(self, config: Config, plan: str, out: Optional[str]) -> None:
+        # One worker per core is the parallelism: OpenCV's thread pool on top of it made every
+        # process wait on the others' threads (an image alone used 1.3 cores).
+        cv2.setNumThreads(1)
         self.sandbox = Sandbox(config)
-        self.out = out
+        self.sandbox.start()  # its imports overlap the scorer's loading and Ray's start-up
+        self.plan, self.out = plan, out
         self.scorer = _scorer(config, "cpu") if out else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        planned = [p for start, stop in zip(batch.column("start").to_pylist(), batch.column("stop").to_pylist())
+                   for unit in read_units(self.plan, start, stop) for p in unit]
+        to_work = [p for p in planned if p["reject_stage"] is None]
+        worked = iter(self.sandbox.run_all([(_item(p), p["attempts"] or 0) for p in to_work]))
         rows: list[dict[str, Any]] = []
-        for unit in batch.column("items").to_pylist():
-            for planned in unit:
-                if planned["reject_stage"] is not None:
-                    outcome = Outcome([], reject=(planned["reject_stage"], planned["reject_reason"]))
-                else:
-                    outcome = self.sandbox.run(_item(planned), prior_attempts=planned["attempts"] or 0)
-                rows += _outcome_rows(planned, outcome)
+        for p in planned:
+            if p["reject_stage"] is not None:
+                outcome = Outcome([], reject=(p["reject_stage"], p["reject_reason"]))
+            else:
+                outcome = next(worked)
+            rows += _outcome_rows(p, outcome)
         staged = _staged(rows)
         return write_fragments(score(self.scorer, staged), self.out) if self.out else staged
 
@@ -139,7 +148,7 @@ def score(scorer: Any, batch: pa.Table) -> pa.Table:
         if not frames:
             scores.append(None)
             continue
-        images = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in frames])
+        images = np.stack([decode_jpeg(f) for f in frames])
         scores.append(float(np.mean(scorer(images))))
     batch = batch.set_column(batch.schema.get_field_index("aesthetic"), "aesthetic", pa.array(scores, pa.float32()))
     batch = batch.set_column(batch.schema.get_field_index("keyframes"), "keyframes",

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from curation.analysis import analysis_size, iter_segments
 from curation.buckets import aspect_bucket, frame_fps_pairs
+from curation.keyframes import encode_jpeg
 from curation.media import encode_clips, storage_size
 from curation.probe import Rejected, probe_video
 from curation.scorers.subject import subject_share
@@ -119,8 +120,7 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
         raise Rejected("image", f"size {width}x{height} is outside {probe.min_side}..{probe.max_side} pixels per side")
     small_size = analysis_size(width, height, config.curation.shots.analysis_width)
     small = np.asarray(Image.fromarray(rgb).resize(small_size, Image.BILINEAR))
-    thumb = io.BytesIO()
-    Image.fromarray(small).save(thumb, format="JPEG", quality=85)
+    thumb = encode_jpeg(small)
     return [
         {
             "image_id": hashlib.sha256(data).hexdigest()[:16],
@@ -130,9 +130,9 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
             "height": height,
             "subject": subject_share(small),
             **_crops(width, height, config),
-            "thumbnail": thumb.getvalue(),
+            "thumbnail": thumb,
             "image": data,
-            "keyframes": [thumb.getvalue()],
+            "keyframes": [thumb],
         }
     ]
 

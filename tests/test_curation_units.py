@@ -230,13 +230,16 @@ def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
     marker = tmp_path / "fail-once"
     marker.touch()
     try:
-        outcomes = {uri: sandbox.run(MediaItem(uri, "video"), prior_attempts=0)
-                    for uri in ("good", "hang", "crash", "bug", "absent", f"flaky:{marker}", "down", "good2")}
+        # one stream: the items after a hang and a crash go on in a fresh child
+        uris = ["good", "hang", "crash", "bug", "absent", f"flaky:{marker}", "down", "good2"]
+        outcomes = dict(zip(uris, sandbox.run_all([(MediaItem(uri, "video"), 0) for uri in uris])))
+        again = sandbox.run_all([(MediaItem("good3", "video"), 2)])
     finally:
         sandbox.close()
     good = outcomes["good"]
     assert good.rows == [{"ok": "good"}] and good.video_seconds == 1.5 and good.reject is None
     assert outcomes["good2"].rows == [{"ok": "good2"}]  # the sandbox survives all of the above
+    assert again[0].rows == [{"ok": "good3"}] and again[0].attempts == 3  # prior attempts are counted
     flaky = outcomes[f"flaky:{marker}"]
     assert flaky.rows and flaky.attempts == 2  # failed once, then succeeded
     hang = outcomes["hang"]

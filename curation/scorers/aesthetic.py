@@ -46,12 +46,12 @@ class QualityScorer:
         if scale < 1:
             rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        sharpness = min(1.0, float(np.log10(1.0 + cv2.Laplacian(grey, cv2.CV_64F).var())) / 3.0)
-        clipped = float(((grey <= 2) | (grey >= 253)).mean())
+        sharpness = min(1.0, float(np.log10(1.0 + cv2.meanStdDev(cv2.Laplacian(grey, cv2.CV_32F))[1][0, 0] ** 2)) / 3.0)
+        clipped = float(np.count_nonzero((grey <= 2) | (grey >= 253))) / grey.size
         exposure = max(0.0, 1.0 - 2.0 * abs(float(grey.mean()) / 255.0 - 0.5) - clipped)
-        r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
-        rg, yb = r - g, 0.5 * (r + g) - b
-        hasler = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+        r, g, b = cv2.split(rgb.astype(np.float32))
+        (rg_mean, rg_std), (yb_mean, yb_std) = (np.ravel(cv2.meanStdDev(c)) for c in (r - g, 0.5 * (r + g) - b))
+        hasler = np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)
         colourfulness = min(1.0, float(hasler) / 100.0)
         return 1.0 + 9.0 * (sharpness + exposure + colourfulness) / 3.0
 

@@ -28,20 +28,28 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _spectral_residual(grey: np.ndarray) -> np.ndarray:
-    """Hou & Zhang: keep the phase, replace the log amplitude by its deviation from a 3x3 mean."""
-    spectrum = np.fft.fft2(grey.astype(np.float64))
-    log_amplitude = np.log(np.abs(spectrum) + 1e-9)
-    residual = log_amplitude - cv2.blur(log_amplitude, (3, 3))
-    saliency = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
+    """Hou & Zhang: keep the phase, replace the log amplitude by its deviation from a 3x3 mean.
+
+    exp(residual + i phase) = exp(log|F| - mean3x3(log|F|)) F / |F| = F exp(-mean3x3(log|F|)),
+    so the spectrum is only rescaled: no angle, no complex exponential. OpenCV's float32 DFT
+    does it in a quarter of numpy's complex128 time on the 64 x 64 map.
+    """
+    spectrum = cv2.dft(grey.astype(np.float32), flags=cv2.DFT_COMPLEX_OUTPUT)  # (H, W, re/im)
+    amplitude = cv2.magnitude(spectrum[..., 0], spectrum[..., 1])
+    spectrum *= np.exp(-cv2.blur(np.log(amplitude + 1e-9), (3, 3)))[..., None]
+    image = cv2.idft(spectrum, flags=cv2.DFT_COMPLEX_OUTPUT | cv2.DFT_SCALE)
+    saliency = cv2.magnitude(image[..., 0], image[..., 1]) ** 2
     return _normalise(cv2.GaussianBlur(saliency, (0, 0), _RESIDUAL_BLUR_SIGMA))
 
 
 def _colour_contrast(rgb: np.ndarray, border: int = 2) -> np.ndarray:
     """Lab distance of each (slightly blurred) pixel from the median colour of a ``border``-px ring."""
-    lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float64)
-    ring = np.ones(lab.shape[:2], dtype=bool)
-    ring[border:-border, border:-border] = False
-    return _normalise(np.linalg.norm(lab - np.median(lab[ring], axis=0), axis=-1))
+    lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
+    inner = lab[border:-border]
+    ring = np.concatenate([lab[:border].reshape(-1, 3), lab[-border:].reshape(-1, 3),
+                           inner[:, :border].reshape(-1, 3), inner[:, -border:].reshape(-1, 3)])
+    distance = lab - np.median(ring, axis=0)
+    return _normalise(np.sqrt((distance * distance).sum(axis=-1)))
 
 
 def saliency_map(rgb: np.ndarray, work_size: int = 64) -> np.ndarray:
