@@ -6,13 +6,8 @@ stopped here, by process group, so the test's own Ray and any other cluster are 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -20,84 +15,15 @@ import lance
 import pytest
 
 from curation.synthetic import write_sample_corpus
+from pipeline.local_cluster import RAY, local_cluster
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def _node_ports() -> list[str]:
-    """Every port a Ray node opens, chosen free, so two nodes (and the suite's own Ray) never collide."""
-    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port")
-    return [f"--{name}={port}" for name, port in zip(names, _free_ports(len(names)))]
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``ray start ... --block`` in its own process group: one signal stops the node and its workers."""
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args, *_node_ports()],
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from ray.util.state import list_nodes
-
-    logs = tmp_path_factory.mktemp("cluster_logs")
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    gcs, dashboard, client = _free_ports(3)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the job's `python`
-    head = _start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
-                   "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=2",
-                   f"--temp-dir={temp_dir}"], env, logs / "head.log")
-    started = [head]
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        _wait_for(lambda: len(list_nodes(address=address)) >= 1, 120, logs / "head.log")
-        started.append(_start([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                               '--resources={"curation_node": 1}'], env, logs / "worker.log"))
-        _wait_for(lambda: sum(n.state == "ALIVE" for n in list_nodes(address=address)) == 2, 120,
-                  logs / "worker.log")
-        yield address
-    finally:
-        for process in reversed(started):
-            _stop(process)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for(ready, timeout: float, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if ready():
-                return
-        except Exception:  # the dashboard is not up yet
-            pass
-        time.sleep(1)
-    raise AssertionError(f"the Ray node did not come up in {timeout} s:\n{log.read_text()[-3000:]}")
+    with local_cluster(tmp_path_factory.mktemp("cluster_logs"), worker_resources='{"curation_node": 1}') as running:
+        yield running.dashboard
 
 
 @pytest.mark.slow

@@ -1,0 +1,110 @@
+"""A real multi-node Ray cluster on one machine: ``ray start`` a head and a worker node on
+127.0.0.1, for the tests and benchmarks that check what only a cluster shows (tasks placed
+on both nodes, nothing passed through the driver's memory) and for users who want to try
+the cluster path before they have one.
+
+Every port is chosen free, so the cluster never collides with the caller's own Ray or with
+another cluster, and each node runs in its own process group: leaving the context stops
+the nodes and all their workers, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+RAY = str(Path(sys.executable).with_name("ray"))
+START_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    dashboard: str  # http://127.0.0.1:port: ``ray job submit --address``, the state API
+    gcs: str  # 127.0.0.1:port: ``RAY_ADDRESS`` for a driver that joins the cluster
+    env: dict[str, str]  # the environment the nodes run in (PATH reaches this interpreter)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _node_ports() -> list[str]:
+    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "runtime-env-agent-port")
+    return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``ray start ... --block`` in its own process group: one signal stops the node and its workers."""
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args, *_node_ports()],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_for(ready: Callable[[], bool], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except Exception:  # the dashboard is not up yet: its state API refuses connections
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the Ray node did not come up in {START_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def local_cluster(logs: Path, cpus_per_node: int = 2, worker_resources: str = "{}") -> Iterator[LocalCluster]:
+    """A head and one worker node, ``cpus_per_node`` CPUs each; the worker node also has the
+    custom resources in ``worker_resources`` (JSON). Node logs go to ``logs``."""
+    from ray.util.state import list_nodes
+
+    logs.mkdir(parents=True, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    gcs, dashboard, client = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # a job's `python`
+    started = [_start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
+                       "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
+                       f"--num-cpus={cpus_per_node}", f"--temp-dir={temp_dir}"], env, logs / "head.log")]
+    cluster = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env)
+    try:
+        _wait_for(lambda: len(list_nodes(address=cluster.dashboard)) >= 1, logs / "head.log")
+        started.append(_start([f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
+                               f"--num-cpus={cpus_per_node}", f"--resources={worker_resources}"],
+                              env, logs / "worker.log"))
+        _wait_for(lambda: sum(n.state == "ALIVE" for n in list_nodes(address=cluster.dashboard)) == 2,
+                  logs / "worker.log")
+        yield cluster
+    finally:
+        for process in reversed(started):
+            _stop(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
