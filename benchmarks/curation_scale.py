@@ -18,7 +18,9 @@ Figures, all measured in one run on the same machine (ratios survive a noisy one
   at a third of the count and at the full count: the overall images/s, the marginal images/s
   (the slope between the two, which leaves out the fixed overhead that the intercept already
   reports), and the share of the marginal core-seconds spent outside decoding and scoring
-  (``1 - alone CPU per image / (marginal seconds per image x cores)``; target <= 30%);
+  (``1 - alone CPU per image / (marginal seconds per image x cores)``; target <= 30%); the
+  same from the job's own rate after its first unit (``steady_images_per_s`` in its
+  summary), which the two runs' start-up noise does not reach;
 - with ``--two-node``: the second-largest corpus again on a local two-node cluster
   (``pipeline.local_cluster``, each node with half the cores), its wall time, the nodes its
   tasks ran on, and whether its tables equal the single-node run's.
@@ -180,6 +182,10 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
         "share_outside_decode_and_score": round(1 - alone_cpu_per_image / (marginal_s * cores), 3),
         "pipeline_images_per_s": full["throughput"]["images_per_s"],
     }
+    steady = full["throughput"].get("steady_images_per_s")  # the job's own rate after its first unit
+    if steady:
+        figures["steady_images_per_s"] = steady
+        figures["steady_share_outside_decode_and_score"] = round(1 - alone_cpu_per_image * steady / cores, 3)
     print(name, figures, flush=True)
     return figures
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import lance
 import ray
@@ -43,19 +43,24 @@ SCORER_BATCH_ROWS = 64  # rows per GPU scorer call (a few keyframe JPEGs each)
 
 @dataclass
 class Progress:
-    """The job's running sums and its throughput per stage."""
+    """The job's running sums and its throughput per stage, whole and once the workers are up."""
 
     started: float = field(default_factory=time.monotonic)
     counts: Counter = field(default_factory=Counter)
+    first_at: Optional[float] = None  # when the first unit's record came: the workers were up
+    at_first: Counter = field(default_factory=Counter)  # the sums as of that record
 
     def add(self, record: dict[str, Any]) -> None:
         for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s"):
             self.counts[key] += record[key]
+        if self.first_at is None:
+            self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
 
-    def throughput(self) -> dict[str, float]:
-        wall = max(time.monotonic() - self.started, 1e-9)
+    def throughput(self) -> dict[str, Optional[float]]:
+        now = time.monotonic()
+        wall = max(now - self.started, 1e-9)
         c = self.counts
-        return {
+        figures: dict[str, Optional[float]] = {
             "wall_s": round(wall, 2),
             "files_per_s": round(c["files"] / wall, 3),
             "video_seconds_per_s": round(c["video_seconds"] / wall, 3),
@@ -65,6 +70,13 @@ class Progress:
             "file_stage_video_seconds_per_worker_s": round(c["video_seconds"] / c["work_s"], 3) if c["work_s"] else 0.0,
             "aesthetic_rows_per_worker_s": round((c["clips"] + c["images"]) / c["aesthetic_s"], 1) if c["aesthetic_s"] else 0.0,
         }
+        # Start-up (Ray's workers, the sandboxes, the first unit) against the rate after it:
+        # what a longer job, or a bigger cluster, would see. None until a second unit ends.
+        figures["first_result_s"] = round(self.first_at - self.started, 2) if self.first_at else None
+        steady = now - self.first_at if self.first_at and c["files"] > self.at_first["files"] else 0.0
+        for key in ("files", "video_seconds", "images"):
+            figures[f"steady_{key}_per_s"] = round((c[key] - self.at_first[key]) / steady, 3) if steady else None
+        return figures
 
     def line(self) -> str:
         t = self.throughput()

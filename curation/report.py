@@ -149,11 +149,15 @@ def throughput_table(summary: dict) -> str:
         "clips_per_s": "clips per second",
         "images_per_s": "images per second",
         "files_per_s": "inputs per second",
+        "first_result_s": "start-up: seconds to the first unit's result",
+        "steady_video_seconds_per_s": "after start-up: video-seconds per second",
+        "steady_images_per_s": "after start-up: images per second",
         "file_stage_video_seconds_per_worker_s": "per-file stage: video-seconds per worker-second",
         "aesthetic_rows_per_worker_s": "aesthetic stage: rows per worker-second",
     }
     figures = summary.get("throughput", {})
-    return _table([[label, figures[key]] for key, label in labels.items() if key in figures], ["last run", "figure"])
+    return _table([[label, figures[key]] for key, label in labels.items() if figures.get(key) is not None],
+                  ["last run", "figure"])
 
 
 def write_report(out_dir: str | Path, config: Config, top: int = 8) -> Path:

@@ -117,9 +117,9 @@ def test_waiting_in_a_long_queue_does_not_count_against_the_time_limit(tmp_path)
     corpus = tmp_path / "many"
     corpus.mkdir()
     for i in range(32):
-        write_video(corpus / f"clip{i:02d}.mp4", [ShotSpec("pan", 48, seed=i)], fps=24)
+        write_video(corpus / f"clip{i:02d}.mp4", [ShotSpec("pan", 72, seed=i)], fps=24)
     out = tmp_path / "out"
-    limit = 5.0  # several times one file's work, far less than the queue's
+    limit = 2.5  # several times one file's work (about 0.3 s), far less than the queue's
     proc = _curate(str(corpus), "--out", str(out), "--set", f"curation.file_timeout_s={limit}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = _summary(out)["this_run"]

@@ -5,6 +5,7 @@ same tables, thresholds change without re-scoring, and the report renders."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,9 @@ def curated(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     proc = _curate(str(folder), "--out", str(out), *ARGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    throughput = json.loads((out / "summary.json").read_text())["throughput"]  # before any rerun replaces it
+    # several units: the start-up and the rate after it are told apart
+    assert 0 < throughput["first_result_s"] < throughput["wall_s"] and throughput["steady_files_per_s"] > 0
     return out
 
 
