@@ -22,8 +22,8 @@ and the per-frame work of the detectors and scorers weighs most:
 The decode-only, analysis and naive passes run ``--repeats`` times, interleaved, and the
 fastest run of each counts (every run is kept in the JSON): on a shared machine one run of
 each can differ by 2x or more. Each pass is timed on the wall clock and in process CPU time:
-decord decodes on several threads and our pass on one (a worker per core in the job), so the
-CPU ratio is the per-core cost. Writes ``benchmarks/results/curation.json``.
+decord decodes on several threads and our pass on one (a worker per core in the job, OpenCV
+single-threaded as there), so the CPU ratio is the per-core cost. Writes ``benchmarks/results/curation.json``.
 """
 
 from __future__ import annotations
@@ -282,7 +282,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of the decode-only, analysis and naive passes")
     args = parser.parse_args()
 
+    import cv2
+
     from curation.synthetic import write_long_video, write_sample_corpus
+
+    cv2.setNumThreads(1)  # as in the curation workers: the pool, one per core, is the parallelism
     from pipeline.config import load_config
 
     config = load_config("tiny")
