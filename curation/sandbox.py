@@ -2,10 +2,11 @@
 failures sorted into transient and terminal.
 
 A decoder can hang (no Python timeout interrupts C code) or abort (taking its process with
-it). Each curation worker therefore keeps one child process and hands it one file at a time
-over a pipe: a hang costs a kill and a fresh child after ``timeout_s`` of *work* (waiting in
-a queue never counts), an abort costs the child, and the worker itself, with the rows it is
-gathering, survives both.
+it). Each curation worker therefore keeps one child process and hands it a unit's files over
+a pipe in one message; the child answers file by file, and each file is timed from the
+previous answer: a hang costs a kill and a fresh child (which gets the files after it) after
+``timeout_s`` of *work* (waiting in a queue never counts), an abort costs the child, and the
+worker itself, with the rows it is gathering, survives both.
 
 What becomes of a failure:
 - ``Rejected`` (undecodable, too short, wrong kind): a terminal reject at once.
@@ -172,7 +173,12 @@ class Sandbox:
         """Answers (result or ``_Failure``, seconds of work) for a prefix of ``items``: all of
         them, or up to the one whose child hung or died."""
         conn = self._ensure_child()
-        conn.send(items)
+        try:
+            conn.send(items)
+        except (BrokenPipeError, ConnectionError):  # it died idle, after its last answer
+            self._kill()
+            conn = self._ensure_child()
+            conn.send(items)
         answered: list[tuple[Any, float]] = []
         for _ in items:
             started = time.monotonic()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -89,20 +89,25 @@ class FileStage:
         self.plan, self.out = plan, out
         self.scorer = _scorer(config, "cpu") if out else None
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        planned = [p for start, stop in zip(batch.column("start").to_pylist(), batch.column("stop").to_pylist())
-                   for unit in read_units(self.plan, start, stop) for p in unit]
-        to_work = [p for p in planned if p["reject_stage"] is None]
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """One output per unit of the batch's ranges: a range can hold many videos, and a
+        worker holds one unit's rows (a video's clips) at a time."""
+        for start, stop in zip(batch.column("start").to_pylist(), batch.column("stop").to_pylist()):
+            for unit in read_units(self.plan, start, stop):
+                staged = _staged(self._unit_rows(unit))
+                yield write_fragments(score(self.scorer, staged), self.out) if self.out else staged
+
+    def _unit_rows(self, unit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        to_work = [p for p in unit if p["reject_stage"] is None]
         worked = iter(self.sandbox.run_all([(_item(p), p["attempts"] or 0) for p in to_work]))
         rows: list[dict[str, Any]] = []
-        for p in planned:
-            if p["reject_stage"] is not None:
-                outcome = Outcome([], reject=(p["reject_stage"], p["reject_reason"]))
+        for planned in unit:
+            if planned["reject_stage"] is not None:
+                outcome = Outcome([], reject=(planned["reject_stage"], planned["reject_reason"]))
             else:
                 outcome = next(worked)
-            rows += _outcome_rows(p, outcome)
-        staged = _staged(rows)
-        return write_fragments(score(self.scorer, staged), self.out) if self.out else staged
+            rows += _outcome_rows(planned, outcome)
+        return rows
 
     def __del__(self) -> None:
         self.sandbox.close()

@@ -234,12 +234,16 @@ def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
         uris = ["good", "hang", "crash", "bug", "absent", f"flaky:{marker}", "down", "good2"]
         outcomes = dict(zip(uris, sandbox.run_all([(MediaItem(uri, "video"), 0) for uri in uris])))
         again = sandbox.run_all([(MediaItem("good3", "video"), 2)])
+        sandbox._process.kill()  # an idle child lost (the out-of-memory killer): the next unit gets a new one
+        sandbox._process.join()
+        after_loss = sandbox.run_all([(MediaItem("good4", "video"), 0)])
     finally:
         sandbox.close()
     good = outcomes["good"]
     assert good.rows == [{"ok": "good"}] and good.video_seconds == 1.5 and good.reject is None
     assert outcomes["good2"].rows == [{"ok": "good2"}]  # the sandbox survives all of the above
     assert again[0].rows == [{"ok": "good3"}] and again[0].attempts == 3  # prior attempts are counted
+    assert after_loss[0].rows == [{"ok": "good4"}] and after_loss[0].attempts == 1
     flaky = outcomes[f"flaky:{marker}"]
     assert flaky.rows and flaky.attempts == 2  # failed once, then succeeded
     hang = outcomes["hang"]
