@@ -17,6 +17,9 @@ What becomes of a failure:
 - a child that dies of any other signal (a decoder abort): retried like a transient
   failure, then a terminal reject (the same bytes abort the same decoder again).
 - a hang past the limit: a terminal reject.
+- an error that no input can cause (``CODE_ERRORS``: a name, an import or a syntax that is
+  wrong) is our code broken for every file: it stops the job with its traceback, rather than
+  turning the whole corpus into rejects.
 - any other exception is a defect in our code on this input: logged with its traceback and
   kept as a retryable reject without retries in this run, so a fixed version picks it up.
 """
@@ -46,6 +49,12 @@ READY = "ready"
 START_TIMEOUT_S = 300.0  # a fresh child imports the decoders and scorers; a loaded node is slow
 # Errors that say the file is not there for us: retrying cannot help.
 ABSENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Errors of our code whatever the input (UnboundLocalError is a NameError).
+CODE_ERRORS = (NameError, ImportError, SyntaxError)
+
+
+class CurationCodeError(RuntimeError):
+    """The per-file code itself is broken (``CODE_ERRORS`` in the child): the job must stop."""
 
 
 @dataclass
@@ -58,6 +67,11 @@ class Outcome:
     retryable: bool = False
     attempts: int = 1
     work_s: float = 0.0
+
+
+@dataclass
+class _CodeError:
+    traceback: str
 
 
 @dataclass
@@ -96,6 +110,8 @@ def _work_on(item: MediaItem, work: Work, config: Config) -> Any:
     except OSError as err:
         absent = isinstance(err, ABSENT)
         return _Failure("read", _one_line(err), transient=not absent, retryable=not absent)
+    except CODE_ERRORS:
+        return _CodeError(traceback.format_exc())
     except Exception as err:  # a defect on this input: reported with its traceback, job goes on
         log.error("curation defect on %s:\n%s", item.uri, traceback.format_exc())
         return _Failure("worker", _one_line(err), transient=False, retryable=True)
@@ -130,6 +146,9 @@ class Sandbox:
         while todo:
             answered = self._stream([items[i][0] for i in todo])
             for i, (result, seconds) in zip(todo, answered):
+                if isinstance(result, _CodeError):
+                    raise CurationCodeError(f"curation's per-file code is broken (on {items[i][0].uri}):\n"
+                                            f"{result.traceback}")
                 attempts[i] += 1
                 work_s[i] += seconds
                 item, prior = items[i]

@@ -70,15 +70,18 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _wait_for(ready: Callable[[], bool], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+    from ray.util.state.exception import RayStateApiException
+
+    deadline, last = time.monotonic() + START_TIMEOUT_S, "none"
     while time.monotonic() < deadline:
         try:
             if ready():
                 return
-        except Exception:  # the dashboard is not up yet: its state API refuses connections
-            pass
+        except RayStateApiException as err:  # the dashboard is not up yet: its state API refuses
+            last = f"{type(err).__name__}: {err}"
         time.sleep(1)
-    raise RuntimeError(f"the Ray node did not come up in {START_TIMEOUT_S:g} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"the Ray node did not come up in {START_TIMEOUT_S:g} s (last state API error: "
+                       f"{last[:300]}):\n{log.read_text()[-3000:]}")
 
 
 @contextmanager

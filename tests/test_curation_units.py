@@ -209,6 +209,8 @@ def flaky_work(item: MediaItem, config) -> tuple[list[dict], float]:
         os.abort()  # what decord does on some corrupt H.264
     if item.uri == "bug":
         raise KeyError("missing field")
+    if item.uri == "broken code":
+        return eval("undefined_helper(item)")  # a real NameError, as a bad refactor leaves
     if item.uri == "absent":
         raise FileNotFoundError("no such object")
     if item.uri.startswith("flaky"):  # fails while its marker file exists, then succeeds
@@ -222,7 +224,7 @@ def flaky_work(item: MediaItem, config) -> tuple[list[dict], float]:
 
 
 def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
-    from curation.sandbox import Sandbox
+    from curation.sandbox import CurationCodeError, Sandbox
 
     config = load_config("tiny", overrides=["curation.file_timeout_s=6", "curation.max_retries=2",
                                             "curation.retry_backoff_s=0.05"])
@@ -237,6 +239,8 @@ def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
         sandbox._process.kill()  # an idle child lost (the out-of-memory killer): the next unit gets a new one
         sandbox._process.join()
         after_loss = sandbox.run_all([(MediaItem("good4", "video"), 0)])
+        with pytest.raises(CurationCodeError, match="undefined_helper"):  # stops the job, rejects nothing
+            sandbox.run_all([(MediaItem("good5", "video"), 0), (MediaItem("broken code", "video"), 0)])
     finally:
         sandbox.close()
     good = outcomes["good"]

@@ -44,13 +44,12 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["photo_like", "real_photograph"])
 def picture(request, photo) -> np.ndarray:
-    """Each picture source in turn: the synthetic one always, a real photograph where one is
-    installed."""
+    """Each picture source in turn: the synthetic one, and a real photograph (matplotlib, a
+    pinned dependency, ships one; without it the install is broken, and the test says so)."""
     if request.param == "photo_like":
         return photo
     found = sample_photographs()
-    if not found:
-        pytest.skip("no real photograph on this machine (matplotlib's sample data is not installed)")
+    assert found, "no real photograph: matplotlib's sample data (grace_hopper.jpg) is missing from the install"
     return np.asarray(Image.open(found[0]).convert("RGB"))
 
 
