@@ -38,6 +38,10 @@ from pipeline.tables import CURATED_VERSIONS, REJECTS
 
 log = logging.getLogger("curation")
 BLOCKS_PER_CPU = 32
+# Ranges queued on a file worker at once: one running and one waiting, so a worker never
+# idles between units, yet a worker that drew a long unit holds back one range at most
+# (Ray Data's default of four let two workers take eight of a small job's ranges).
+RANGES_IN_FLIGHT_PER_WORKER = 2
 SCORER_BATCH_ROWS = 64  # rows per GPU scorer call (a few keyframe JPEGs each)
 
 
@@ -141,7 +145,9 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     # autoscaling one adds them late).
     files = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
         FileStage, fn_constructor_args=(config, str(plan.path), None if on_gpu else str(out)),
-        batch_size=1, batch_format="pyarrow", num_cpus=1, compute=ray.data.ActorPoolStrategy(size=min(cpus, len(ranges))))
+        batch_size=1, batch_format="pyarrow", num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=min(cpus, len(ranges)),
+                                           max_tasks_in_flight_per_actor=RANGES_IN_FLIGHT_PER_WORKER))
     if not on_gpu:
         return files
     return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
@@ -168,6 +174,9 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
         init_ray()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the job draws its own, with its throughput
+        # A range is a few numbers and its media sit on shared storage: a worker near the
+        # range's block gains nothing, and preferring them kept a small job on the head node.
+        context.execution_options.actor_locality_enabled = False
         committer = _Committer(out, config.curation.commit_every_s)
         bar = tqdm(total=todo, desc="curate", unit="file", disable=not progress)
         for record in _records(build_pipeline(plan, out, config)):

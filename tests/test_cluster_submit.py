@@ -37,7 +37,11 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     proc = subprocess.run(
         [RAY, "job", "submit", "--address", cluster, "--submission-id", submission, "--working-dir", str(REPO),
          "--runtime-env", "clusters/runtime_env.yaml", "--",
-         "python", "-m", "pipeline", "curate", str(corpus), "--out", str(out), "--preset", "tiny", "--quiet"],
+         # The second node's workers start seconds after the head's (the working directory is
+         # unpacked there first), and a job this small could end before; Ray Data's own
+         # setting holds the units back until the whole pool is up.
+         "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S=300", "python", "-m", "pipeline", "curate", str(corpus),
+         "--out", str(out), "--preset", "tiny", "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     client = JobSubmissionClient(cluster)
@@ -47,8 +51,8 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     assert clips.num_rows >= 6 and rejects.num_rows >= 3  # shots of 3 videos; the broken files
     job_id = client.get_job_info(submission).job_id
     tasks = list_tasks(address=cluster, filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
-    nodes = {t.node_id for t in tasks if t.node_id}
-    assert nodes == {n.node_id for n in list_nodes(address=cluster)}, f"tasks ran on {len(nodes)} of 2 nodes"
+    worked = {t.node_id for t in tasks if "FileStage" in t.name and t.name.endswith(".submit")}
+    assert worked == {n.node_id for n in list_nodes(address=cluster)}, f"units ran on {len(worked)} of 2 nodes"
     # the same corpus curated on one machine gives the same tables
     local = tmp_path / "local"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(local), "--preset",
