@@ -75,19 +75,10 @@ def sample_motion(before: np.ndarray, rgb: np.ndarray, fps: float,
     enough to stay within ``FARNEBACK_REACH_PX`` over the gap to ``earlier`` (an earlier
     frame and how many frames before ``rgb`` it lies, such as the previous sample), the
     motion is measured across that gap instead.
-
-    The neighbours are compared at half the work width first, at a sixth of the cost (0.75
-    vs 4.5 ms a pair): that is enough to tell slow motion from fast, and to measure motion
-    fast enough to move twice Farneback's reach over the gap (pans of 2-8 px/frame at 256 px
-    read within 1.5% there). Between the two, where half-width flow reads sub-pixel motion
-    about 4% off, the neighbours are compared again at the work width.
     """
-    lengths, diagonal = _flow_lengths(before, rgb, work_width // 2)
-    reach = float(np.percentile(lengths, 95)) * 2 * earlier[1] if earlier is not None else math.inf
-    if reach <= FARNEBACK_REACH_PX:
+    lengths, diagonal = _flow_lengths(before, rgb, work_width)
+    if earlier is not None and float(np.percentile(lengths, 95)) * earlier[1] <= FARNEBACK_REACH_PX:
         return flow_magnitude(earlier[0], rgb, earlier[1] / fps, work_width)
-    if reach <= 2 * FARNEBACK_REACH_PX:
-        lengths, diagonal = _flow_lengths(before, rgb, work_width)
     return float(lengths.mean()) / diagonal * fps
 
 
