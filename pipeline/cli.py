@@ -86,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             overrides.append(f"train.{flag}={json.dumps(getattr(args, flag))}")
     config = load_config(args.preset, args.config, overrides)
-    print(json.dumps(train(config, args.stage, args.data, args.run, args.init), indent=2, default=str))
+    print(json.dumps(train(config, args.stage, args.data, args.run, args.init, args.allow_config_change),
+                     indent=2, default=str))
     return 0
 
 
@@ -262,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the diffusers folder)",
     )
     train.add_argument("--where", help='SQL filter on the tables, e.g. "aesthetic > 6 AND motion > 0.2"')
+    train.add_argument(
+        "--allow-config-change", dest="allow_config_change", action="store_true",
+        help="resume a run although its model or objective keys differ from its config.yaml (refused otherwise)",
+    )
     train.add_argument(
         "--val-where", dest="val_where",
         help="SQL choosing the validation rows, which training never draws (default: split = 'val', where the "

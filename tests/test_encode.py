@@ -160,3 +160,47 @@ def test_training_on_stored_encodings_builds_no_encoders(encoded, tmp_path) -> N
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["pre_encoded"] == 1 for r in rows)
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert _cli("export", str(run), "--out", str(tmp_path / "base.safetensors")).returncode == 0
+
+
+def test_a_passing_failure_is_retried_and_never_stored_as_undecodable(encoded, monkeypatch) -> None:
+    """Out of memory (which a CPU cannot be made to run out of: injected) is retried; a
+    blob that is no video is stored as undecodable; a bug fails the batch."""
+    import training.encode as encode
+    from training.data import MediaSource
+
+    config = load_config("tiny", overrides=SAME_GRID)
+    rows = encode._rows_to_encode(encoded, config, "base", set())
+    batch = rows.filter(rows.column("table").to_numpy(zero_copy_only=False) == "clips").slice(0, 2)
+    encoder = encode.StageEncoder(str(encoded), config, "base", has_images=True)
+    monkeypatch.setattr(encode, "RETRY_WAIT_S", 0.0)
+    real, calls = encode.StageEncoder._encode, []
+
+    def out_of_memory_once(self, row):
+        calls.append(row["id"])
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(self, row)
+
+    monkeypatch.setattr(encode.StageEncoder, "_encode", out_of_memory_once)
+    assert all(f > 0 for f in encoder(batch).column("frames").to_pylist())
+    assert calls[0] == calls[1]  # the same row again
+
+    def always_out_of_memory(self, row):
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(encode.StageEncoder, "_encode", always_out_of_memory)
+    with pytest.raises(MemoryError):  # still failing after every attempt: nothing is written
+        encoder(batch)
+
+    def no_video(self, table: str, column: str, row_id: int) -> bytes:
+        return b"\x00\x00\x00\x18ftypisom, then nothing a decoder can read"
+
+    def bug(self, row_id):
+        raise TypeError("a regression, not bad media")
+
+    monkeypatch.setattr(encode.StageEncoder, "_encode", real)
+    monkeypatch.setattr(MediaSource, "blob", no_video)
+    assert encoder(batch).column("frames").to_pylist() == [0, 0]
+    monkeypatch.setattr(MediaSource, "video", bug)
+    with pytest.raises(TypeError, match="regression"):
+        encoder(batch)

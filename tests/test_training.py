@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from conftest import cli_in_process
 from pipeline.config import load_config
 from pipeline.models.build import build_denoiser
 from pipeline.models.weights import load_into
-from training.job import latest_checkpoint
+from training.job import check_resume_config, latest_checkpoint
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -86,6 +87,58 @@ def test_rerun_resumes_from_the_run_folder(base_run, data) -> None:
     assert [r["step"] for r in _metrics(base_run)][-2:] == [5, 6]
 
 
+def test_a_resume_that_changes_the_objective_is_refused_naming_the_key(base_run, data, tmp_path) -> None:
+    before = (base_run / "config.yaml").read_text()
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(base_run), "--preset", "tiny",
+                "--max-steps", "8", "--set", "diffusion.prediction=epsilon")
+    assert proc.returncode != 0
+    assert "diffusion.prediction: the run" in proc.stderr and "'sample'" in proc.stderr and "--allow-config-change" in proc.stderr
+    assert (base_run / "config.yaml").read_text() == before  # nothing was touched
+    # the way out keeps the old config beside the new one
+    copy = tmp_path / "run"
+    shutil.copytree(base_run, copy)
+    step = json.loads((latest_checkpoint(copy) / "metrics.json").read_text())["step"]
+    config = load_config("tiny", overrides=["diffusion.prediction=epsilon"])
+    check_resume_config(copy, "base", config, allow_change=True)
+    assert (copy / f"config.before_step_{step}.yaml").read_text() == before
+    assert not (copy / "config.yaml").exists()  # train() writes the new one next
+    # steps, rates and intervals may change
+    check_resume_config(base_run, "base", load_config("tiny", overrides=["train.lr=0.5", "train.max_steps=9"]), False)
+
+
+def _final_state(run: Path) -> dict[str, torch.Tensor]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder = latest_checkpoint(run)
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="state")
+    return {**{f"model.{k}": v for k, v in weights.items()},
+            **{f"ema.{k}": v for k, v in load_file(str(folder / "ema.safetensors")).items()}}
+
+
+@pytest.mark.slow
+def test_a_resumed_run_is_bit_identical_to_an_unbroken_one(data, tmp_path) -> None:
+    """3 steps, stop, resume to 6 under ZeRO-2 gives the weights, the EMA and the metrics of
+    6 unbroken steps: the same micro-batches, noise, timesteps and dropout after the resume.
+    The checkpoints leave nothing in the temporary folder."""
+    temp = Path(tempfile.gettempdir())
+    leftovers = set(temp.glob("i2vgen-ckpt-*"))
+    common = ("--stage", "base", "--data", str(data), "--preset", "tiny", "--zero-stage", "2",
+              "--checkpoint-every", "2")
+    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
+    for run, steps in ((unbroken, 6), (resumed, 3), (resumed, 6)):
+        proc = _cli("train", *common, "--run", str(run), "--max-steps", str(steps))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming from step 3" in proc.stdout + proc.stderr
+    a, b = _final_state(unbroken), _final_state(resumed)
+    assert set(a) == set(b) and any(k.startswith("ema.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    fields = ("step", "loss", "batch_index", "max_timestep", "lr_temporal", "lr_spatial")
+    rows = [[{f: r[f] for f in fields} for r in _metrics(run)] for run in (unbroken, resumed)]
+    assert rows[0] == rows[1] and [r["step"] for r in rows[0]] == list(range(1, 7))
+    assert set(temp.glob("i2vgen-ckpt-*")) <= leftovers
+
+
 @pytest.mark.slow
 def test_zero3_refiner_starts_from_the_base_export(base_run, data, tmp_path) -> None:
     base = tmp_path / "base.safetensors"
@@ -147,7 +200,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
     assert proc.returncode == 0, output[-4000:]
     assert "resuming from step" in output
     rows = _metrics(run)
-    assert rows[-1]["step"] == 24
+    assert [r["step"] for r in rows] == list(range(1, 25))  # each step once, the redone ones included
     # the restarted run trained exactly the micro-batches an unbroken one would have
     assert all(r["batch_index"] == 2 * (r["step"] - 1) for r in rows)
     assert json.loads((latest_checkpoint(run) / "metrics.json").read_text())["step"] == 24
@@ -216,6 +269,40 @@ def test_stored_clips_are_read_exactly_by_seeking(data) -> None:
         strided = list(range(len(decoded) // 3, len(decoded), 5))
         read = decord.VideoReader(io.BytesIO(blob), num_threads=1).get_batch(strided).asnumpy()
         assert all(np.array_equal(read[k], decoded[i]) for k, i in enumerate(strided))
+
+
+def test_the_loader_replaces_undecodable_media_and_fails_on_anything_else(data, monkeypatch, caplog) -> None:
+    import numpy as np
+
+    import training.data
+    from training.data import MediaSource, MicroBatchLoader, load_catalog, plan_micro_batch
+
+    config = load_config("tiny", overrides=["train.frame_counts=[8]", "train.frame_weights=[1]"])  # clips only
+    plan = plan_micro_batch(load_catalog(data), config, 0)
+    batch = {key: np.empty(1, dtype=object) for key in plan}
+    for key, value in plan.items():
+        batch[key][0] = value
+    loader = MicroBatchLoader(load_catalog(data), config, "base")
+    assert loader(batch)["corrupt"][0] == 0
+    real, calls = MediaSource.blob, []
+
+    def first_one_damaged(self, table: str, column: str, row_id: int) -> bytes:
+        calls.append(row_id)
+        data = real(self, table, column, row_id)
+        return data[:64] if len(calls) == 1 else data  # a clip cut short in storage
+
+    monkeypatch.setattr(MediaSource, "blob", first_one_damaged)
+    with caplog.at_level("WARNING", logger="training.data"):
+        out = loader(batch)
+    assert out["corrupt"][0] == 1 and len(out["video"][0]) == config.train.micro_batch  # a spare stood in
+    assert "does not decode, a spare stands in" in caplog.text
+
+    def regression(*args, **kwargs):
+        raise TypeError("a bug, not bad media")
+
+    monkeypatch.setattr(training.data, "crop_resize", regression)
+    with pytest.raises(TypeError, match="a bug"):
+        loader(batch)
 
 
 def test_bad_data_fails_before_any_worker_starts(data, tmp_path) -> None:

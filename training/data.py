@@ -12,6 +12,7 @@ that resumes at step ``s`` continues with exactly the micro-batches it would hav
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -23,6 +24,8 @@ from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.frames import crop_resize
 from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table, open_curated
+
+log = logging.getLogger("training.data")
 
 if TYPE_CHECKING:
     from training.encodings import Encodings
@@ -148,6 +151,18 @@ def validate_shapes(catalog: Catalog, config: Config, stage: str) -> None:
     plan_micro_batch(catalog, config, 0)
 
 
+class UndecodableMedia(Exception):
+    """A row's stored bytes are not media the decoder can read: bad data, not a fault."""
+
+
+def media_errors() -> tuple[type[BaseException], ...]:
+    """What damaged media raises: ``UndecodableMedia`` on opening it, decord's error while
+    decoding a clip's frames. Reading the blob (I/O) raises neither."""
+    import decord
+
+    return (UndecodableMedia, decord.DECORDError)
+
+
 class MediaSource:
     """One process's handles on the curated media: a row's blob as decoded frames."""
 
@@ -157,21 +172,30 @@ class MediaSource:
         if images:
             self.datasets["images"] = open_curated(Path(data_dir) / IMAGES)
 
+    def blob(self, table: str, column: str, row_id: int) -> bytes:
+        """The stored bytes of one row's media (I/O: its errors are not bad media)."""
+        with self.datasets[table].take_blobs(column, ids=[row_id])[0] as f:
+            return f.read()
+
     def video(self, row_id: int):
         """The clip's stored mp4 as a decord reader (frames are decoded on request)."""
         import decord
 
-        blob = self.datasets["clips"].take_blobs("video", ids=[row_id])[0]
-        with blob as f:
-            return decord.VideoReader(io.BytesIO(f.read()), num_threads=1)
+        data = self.blob("clips", "video", row_id)
+        try:
+            return decord.VideoReader(io.BytesIO(data), num_threads=1)
+        except (decord.DECORDError, RuntimeError) as err:  # bytes it cannot open: "Error reading ..."
+            raise UndecodableMedia(f"clips row {row_id}: {err}") from err
 
     def image(self, row_id: int) -> np.ndarray:
         """The image as one RGB frame ``(1, H, W, 3)``."""
         from PIL import Image
 
-        blob = self.datasets["images"].take_blobs("image", ids=[row_id])[0]
-        with blob as f:
-            return np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))[None]
+        data = self.blob("images", "image", row_id)
+        try:
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]
+        except OSError as err:  # PIL's UnidentifiedImageError, a truncated file
+            raise UndecodableMedia(f"images row {row_id}: {err}") from err
 
 
 def window(length: int, frames: int, step: float, rng: np.random.Generator) -> list[int]:
@@ -192,9 +216,11 @@ class MicroBatchLoader:
 
     A micro-batch is decoded frames (``video``), or with stored encodings the latents and
     features the trainer would have computed (``latents``, ``image_embeds``, ``text``).
-    Each actor opens the Lance tables once. A sample that fails to load is replaced by the
-    next spare and counted in ``corrupt``; a micro-batch whose spares run out is emitted
-    empty and skipped by the trainer (also counted).
+    Each actor opens the Lance tables once. A sample whose media fails to decode
+    (``media_errors``) is logged, replaced by the next spare and counted in
+    ``corrupt``; a micro-batch whose spares run out is emitted empty and skipped by the
+    trainer (also counted). Any other error is not bad media but a fault of the code or the
+    tables, and fails the micro-batch loudly.
     """
 
     def __init__(self, catalog: Catalog, config: Config, stage: str) -> None:
@@ -241,7 +267,9 @@ class MicroBatchLoader:
             try:
                 load = self._stored if self.encoded is not None else self._decoded
                 samples.append(load(str(table), int(position), int(row["frames"]), int(row["fps"]), rng))
-            except Exception:  # noqa: BLE001 - any failure to read one sample is the same fault
+            except media_errors() as err:
+                log.warning("micro-batch %d: %s row %d does not decode, a spare stands in: %s: %s",
+                            int(row["index"]), table, int(position), type(err).__name__, err)
                 corrupt += 1
         if len(samples) < self.config.train.micro_batch:
             return [], corrupt

@@ -16,7 +16,9 @@ encodes only what is missing.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,11 +30,22 @@ from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.frames import crop_resize
 from pipeline.tables import ENCODED_SCHEMA, encoded_table
-from training.data import MediaSource, load_catalog, stage_crop
+from training.data import MediaSource, load_catalog, media_errors, stage_crop
 from training.encodings import FINGERPRINT_KEY, first_difference, fingerprint, stage_conditions, stored_fingerprint
 
 # The per-row facts an encoder actor needs, read by the driver with the catalog.
 ROW_COLUMNS = ["table", "id", "row_id", "fps", "width", "video_width", "crop_base", "crop_refiner", "caption"]
+# A row whose encoding fails for a passing reason (out of memory, an I/O error reading its
+# blob) is tried this many times in all, waiting RETRY_WAIT_S, then doubling, between tries.
+ATTEMPTS = 3
+RETRY_WAIT_S = 2.0
+
+log = logging.getLogger("training.encode")
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Failures that say nothing about the row: memory (the GPU's or the host's) and I/O."""
+    return (torch.cuda.OutOfMemoryError, MemoryError, OSError)
 
 
 def grid_indices(stored_frames: int, fps: float, grid_fps: int) -> list[int]:
@@ -45,7 +58,10 @@ class StageEncoder:
     """Ray Data actor: rows of the catalog in, ``ENCODED_SCHEMA`` rows out.
 
     A row whose media cannot be decoded is written with ``frames = 0`` and no tensors, so
-    it is not retried on every run and training counts it as a corrupt sample.
+    it is not retried on every run and training counts it as a corrupt sample. A transient
+    failure is retried (``ATTEMPTS``) and never written: if it persists the job fails, and
+    a re-run encodes the rows it had not committed. Any other error is a fault and fails
+    the job at once.
     """
 
     def __init__(self, data_dir: str, config: Config, stage: str, has_images: bool) -> None:
@@ -65,13 +81,29 @@ class StageEncoder:
         out = []
         for row in batch.to_pylist():
             try:
-                tensors = self._encode(row)
-            except Exception:  # noqa: BLE001 - an undecodable blob is recorded, never fatal
+                tensors = self._encode_with_retries(row)
+            except media_errors() as err:
+                log.warning("%s row %s does not decode, recorded as undecodable: %s: %s",
+                            row["table"], row["id"], type(err).__name__, err)
                 out.append({"id": row["id"], "table": row["table"], "frames": 0, "tensors": b""})
                 continue
             frames = int(tensors["latents"].shape[0]) if "latents" in tensors else 1
             out.append({"id": row["id"], "table": row["table"], "frames": frames, "tensors": _pack(tensors)})
         return pa.Table.from_pylist(out, schema=ENCODED_SCHEMA)
+
+    def _encode_with_retries(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+        wait = RETRY_WAIT_S
+        for attempt in range(1, ATTEMPTS):
+            try:
+                return self._encode(row)
+            except transient_errors() as err:
+                log.warning("%s row %s, attempt %d of %d: %s: %s; retrying in %.0f s", row["table"], row["id"],
+                            attempt, ATTEMPTS, type(err).__name__, err, wait)
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                time.sleep(wait)
+                wait *= 2
+        return self._encode(row)  # the last try: a failure now fails the job, and nothing is written
 
     @torch.no_grad()
     def _encode(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:

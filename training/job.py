@@ -26,28 +26,75 @@ from pipeline.ray_runtime import init_ray
 from training.data import load_catalog, plan_dataset, rank_dataset_name, validate_shapes
 from training.encodings import attach_encodings
 from training.heldout import heldout_rows
+from training.checkpointing import EMA_FILE
 from training.loop import train_loop_per_worker
 from training.validation import default_val_where
 
 CONFIG_FILE = "config.yaml"
+# What a resumed run may not change: the model's shape, its conditioning and the training
+# objective (the stage's own keys are added per run). The rest (steps, intervals, rates,
+# workers, data filters) may change between attempts.
+MODEL_AND_OBJECTIVE = ("stage", "model", "unet", "global_encoder", "clip", "vae", "diffusion")
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest checkpoint Ray Train registered for the run (a folder can exist on disk
-    before its report completes; only registered ones are resumed from)."""
-    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
+    before its report completes; only registered ones are resumed from). None for a run
+    folder without one."""
+    from ray.train import Result
+
+    if not Path(run_dir).is_dir():
         return None
-    latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-    return Path(run_dir) / latest["checkpoint_dir_name"] if latest else None
+    try:
+        result = Result.from_path(Path(run_dir).resolve())
+    except RuntimeError:  # Ray's answer for a folder that holds no registered checkpoint yet
+        return None
+    return Path(result.checkpoint.path) if result.checkpoint else None
 
 
 def checkpoint_step(folder: Optional[Path]) -> int:
     return 0 if folder is None else int(json.loads((folder / "metrics.json").read_text())["step"])
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(run: Path, stage: str, config: Config, allow_change: bool) -> None:
+    """Refuse to resume a run under a config whose model or objective differs from the one
+    its checkpoints were trained with, naming the first key that differs: a resume would
+    otherwise continue on the old weights with, say, another prediction target, and export
+    would stamp the new config on them. With ``allow_change`` the old config is kept beside
+    the new one as ``config.before_step_N.yaml``."""
+    folder = latest_checkpoint(run)
+    if folder is None or not (run / CONFIG_FILE).exists():
+        return
+    before = _flat(yaml.safe_load((run / CONFIG_FILE).read_text()))
+    now = _flat({"stage": stage, **config_to_dict(config)})
+    changed = [key for key in sorted(set(before) | set(now))
+               if key.split(".")[0] in MODEL_AND_OBJECTIVE or key.startswith(f"stages.{stage}.")
+               if before.get(key) != now.get(key)]
+    if not changed:
+        return
+    key = changed[0]
+    message = (f"{key}: the run {run} was trained with {before.get(key)!r}, this command sets {now.get(key)!r} "
+               f"({len(changed)} model or objective keys differ)")
+    if not allow_change:
+        raise ConfigError(message + "; start a new --run, or pass --allow-config-change to resume under the new config")
+    step = checkpoint_step(folder)
+    (run / CONFIG_FILE).rename(run / f"config.before_step_{step}.yaml")
+    print(f"--allow-config-change: {message}; the old config is kept as config.before_step_{step}.yaml", flush=True)
+
+
 def train(
-    config: Config, stage: str, data_dir: str, run_dir: str, init: Optional[str] = None
+    config: Config, stage: str, data_dir: str, run_dir: str, init: Optional[str] = None,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Validate the data, then run (or resume) the stage's training to ``train.max_steps``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -63,6 +110,7 @@ def train(
         initialise(build_denoiser(config, stage, device="meta"), init)
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    check_resume_config(run, stage, config, allow_config_change)
     catalog = load_catalog(data_dir, config.train.where, config.train.val_where)
     validate_shapes(catalog, config, stage)
     if config.train.validate_every:  # fail here, not in every worker, when no clip can validate
@@ -168,10 +216,10 @@ def export(run_dir: str | Path, out: str | Path, diffusers_dir: Optional[str | P
     if folder is None:
         raise ConfigError(f"RUN_DIR: {run} has no finished checkpoint to export")
     stage, config = run_config(run)
-    ema = load_file(str(folder / "ema.safetensors"))
+    ema = load_file(str(folder / EMA_FILE))
     path = save_stage(ema, out, stage, config, checkpoint_step(folder))
     if diffusers_dir is not None:
         model = build_denoiser(config, stage)
-        load_into(model, ema, source=str(folder / "ema.safetensors"))
+        load_into(model, ema, source=str(folder / EMA_FILE))
         save_diffusers_folder(model, config, stage, diffusers_dir)
     return path

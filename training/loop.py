@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,13 @@ from pipeline.models.init_weights import initialise
 from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.stage_file import save_stage
 from pipeline.models.vae import ImageAutoencoder
+from training.checkpointing import TrainState, restore, save_and_report
 from training.data import rank_dataset_name
 from training.encodings import Encodings
 from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
 from training.validation import ValidationLosses, Validator
 
-CHECKPOINT_TAG = "state"
 # The weights the run started from, exported like a trained stage (the untrained baseline).
 INITIAL_WEIGHTS = "initial.safetensors"
 
@@ -109,7 +108,6 @@ def diffusion_batch(
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
-    from ray.train import Checkpoint
 
     config: Config = loop_config["config"]
     stage: str = loop_config["stage"]
@@ -119,7 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     use_bf16 = train.bf16 and device.type == "cuda"
-    torch.manual_seed(train.seed + rank)
+    state = TrainState.fresh(train.seed, rank, device)
 
     model = build_denoiser(config, stage)
     if loop_config.get("init"):
@@ -132,15 +130,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3, master_weights=use_bf16)
 
-    step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as folder:
-            _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
-            ema.load_state_dict(engine.module, _read_ema(Path(folder)))
-        step = int(client["step"])
+        restore(checkpoint, engine, ema, state, rank)
         if rank == 0:
-            print(f"resuming from step {step}", flush=True)
+            print(f"resuming from step {state.step}", flush=True)
+    step = state.step
 
     stored: Optional[Encodings] = loop_config.get("encodings")
     if stored is None or train.validate_every:  # the frozen encoders run here, outside the engine
@@ -155,8 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         null_text = None
     schedule_noise = NoiseSchedule(config.diffusion)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
-    generator = torch.Generator(device=device).manual_seed(train.seed * 7919 + rank * 104729 + step)
-    log = RunLog(run_dir) if rank == 0 else None
+    log = RunLog(run_dir, step) if rank == 0 else None
     validator = (Validator(config, stage, loop_config["data_dir"], clip, vae, null_text, device, dtype)
                  if train.validate_every else None)
     if step == 0:
@@ -194,12 +188,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         samples, frames = encoded.latents.shape[0], encoded.latents.shape[2]
         fps = torch.full((samples,), int(batch["fps"][0]), device=device)
         data = diffusion_batch(model, encoded, fps, dtype, null_text)
-        loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, generator)
+        loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, state.generator)
         engine.backward(loss)
         gradient_mb = gradient_bytes(engine, optimizer) / 2**20  # before the step frees them
         engine.step()
         ema.update(engine.module, step)
-        step += 1
+        step = state.step = step + 1
         window_steps += 1
         computed += time.perf_counter() - t_start
         metrics = {
@@ -224,7 +218,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if validator is not None and (step % train.validate_every == 0 or step >= train.max_steps):
             _validate(validator, engine, step, log)
         if step % train.checkpoint_every == 0 or step >= train.max_steps:
-            _save_and_report(engine, ema, metrics, rank, Checkpoint)
+            save_and_report(engine, ema, state, metrics, rank)
             waited = computed = 0.0
             window_steps = 0
         elif step % train.log_every == 0:
@@ -263,28 +257,6 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _save_and_report(engine, ema: EMA, metrics: dict[str, Any], rank: int, checkpoint_cls) -> None:
-    """Every rank saves its shard into one folder and reports it (Ray merges them)."""
-    import ray.train
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-
-    folder = tempfile.mkdtemp(prefix="i2vgen-ckpt-")
-    engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state={"step": metrics["step"]})
-    averaged = ema.state_dict(engine.module)  # every rank: a gather under ZeRO-3
-    if rank == 0:
-        save_file(averaged, os.path.join(folder, "ema.safetensors"))
-        Path(folder, "metrics.json").write_text(json.dumps(metrics))
-    dist.barrier()
-    ray.train.report(metrics, checkpoint=checkpoint_cls.from_directory(folder))
-
-
-def _read_ema(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "ema.safetensors"))
-
-
 def _validate(validator: Validator, engine, step: int, log: Optional["RunLog"]) -> None:
     """Validation losses and sample videos at ``step``; every rank computes, rank 0 writes."""
     losses = validator.losses(engine)
@@ -296,14 +268,23 @@ def _validate(validator: Validator, engine, step: int, log: Optional["RunLog"]) 
 class RunLog:
     """Rank 0's record of the run: a JSON line per step (validation lines carry
     ``"kind": "validation"``), TensorBoard scalars and sample sheets, sample mp4s under
-    ``samples/step_NNNNNN/``, and a progress line."""
+    ``samples/step_NNNNNN/``, and a progress line.
 
-    def __init__(self, run_dir: Path) -> None:
+    A run resumed at ``step`` redoes every step after its checkpoint, so the lines and
+    TensorBoard events written after it by the stopped attempt are dropped first: each step
+    is recorded once, whatever number of resumes."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
         from tensorboardX import SummaryWriter
 
         self.run_dir = run_dir
-        self.board = SummaryWriter(str(run_dir / "tensorboard"))
-        self.lines = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        path = run_dir / "metrics.jsonl"
+        kept = [line for line in _lines(path) if step > 0 and json.loads(line)["step"] <= step]
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        os.replace(partial, path)
+        self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if step else 0)
+        self.lines = open(path, "a", buffering=1)
 
     def _record(self, metrics: dict[str, Any]) -> None:
         self.lines.write(json.dumps(metrics) + "\n")
@@ -335,6 +316,20 @@ class RunLog:
             f"for a zero prediction ({losses.ratio:.2f}x)",
             flush=True,
         )
+
+
+def _lines(path: Path) -> list[str]:
+    """The whole JSON lines of ``path``; a line cut off by a crash is dropped."""
+    if not path.exists():
+        return []
+    whole = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        whole.append(line)
+    return whole
 
 
 def _file_name(clip_id: str) -> str:

@@ -226,6 +226,14 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")
     if train.validate_every < 0 or train.validation_clips < 1:
         raise ConfigError("train.validate_every: must be >= 0 (0: never) and train.validation_clips >= 1")
+    for key in ("warmup_steps", "spare_samples", "overfit_batches"):
+        if getattr(train, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
+    if train.validation_sampling_steps < 1:
+        raise ConfigError(f"train.validation_sampling_steps: must be at least 1, got {train.validation_sampling_steps}")
+    for key in ("chunk_rows", "actors", "batch_frames"):
+        if getattr(config.encode, key) < 1:
+            raise ConfigError(f"encode.{key}: must be at least 1, got {getattr(config.encode, key)}")
     if not 0.0 <= train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must lie in [0, 1), got {train.ema_decay}")
     off_grid = [f for f in train.fps_values if config.encode.grid_fps % f]
