@@ -75,7 +75,7 @@ def _curate_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.job import train
+    from training.job import TrainingStopped, train
 
     overrides = list(args.set)
     for flag, key in (("workers", "workers"), ("zero_stage", "zero_stage"), ("max_steps", "max_steps"),
@@ -86,8 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             overrides.append(f"train.{flag}={json.dumps(getattr(args, flag))}")
     config = load_config(args.preset, args.config, overrides)
-    print(json.dumps(train(config, args.stage, args.data, args.run, args.init, args.allow_config_change),
-                     indent=2, default=str))
+    try:
+        summary = train(config, args.stage, args.data, args.run, args.init, args.allow_config_change)
+    except TrainingStopped as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

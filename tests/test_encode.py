@@ -153,7 +153,8 @@ def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path, ray_loc
 def test_training_on_stored_encodings_builds_no_encoders(encoded, tmp_path) -> None:
     run = tmp_path / "run"
     proc = _cli("train", "--stage", "base", "--data", str(encoded), "--run", str(run), "--preset", "tiny",
-                "--max-steps", "4", "--checkpoint-every", "2", *_set(SAME_GRID + ["train.encoded=require"]))
+                "--max-steps", "4", "--checkpoint-every", "2",
+                *_set(SAME_GRID + ["train.encoded=require", "train.log_every=1"]))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "pre-encoded" in proc.stdout
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -45,7 +45,7 @@ def base_run(data, tmp_path_factory) -> Path:
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
                 "--zero-stage", "2", "--max-steps", "4", "--checkpoint-every", "2",
                 # tiny trains at gamma 1.0 after a warm-up; the paper's gamma, at a constant rate, here
-                "--set", "train.spatial_lr_scale=0.2", "--set", "train.warmup_steps=0")
+                "--set", "train.spatial_lr_scale=0.2", "--set", "train.warmup_steps=0", "--set", "train.log_every=1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run
 
@@ -55,6 +55,7 @@ def test_zero2_base_run_keeps_the_spatial_rate_ratio(base_run) -> None:
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["batch_index"] for r in rows] == [0, 2, 4, 6]  # rank 0 trains micro-batches 0, 2, 4...
     for r in rows:
+        assert r["grad_norm"] > 0 and r["tokens_per_s"] > r["samples_per_s"] > 0 and r["nonfinite_step"] is None
         assert r["lr_spatial"] == pytest.approx(0.2 * r["lr_temporal"])  # read from the running optimizer
         assert r["lr_temporal"] == pytest.approx(load_config("tiny").train.lr)
     assert (base_run / "loss.png").exists() and any((base_run / "tensorboard").iterdir())
@@ -123,7 +124,7 @@ def test_a_resumed_run_is_bit_identical_to_an_unbroken_one(data, tmp_path) -> No
     temp = Path(tempfile.gettempdir())
     leftovers = set(temp.glob("i2vgen-ckpt-*"))
     common = ("--stage", "base", "--data", str(data), "--preset", "tiny", "--zero-stage", "2",
-              "--checkpoint-every", "2")
+              "--checkpoint-every", "2", "--set", "train.log_every=1")
     unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
     for run, steps in ((unbroken, 6), (resumed, 3), (resumed, 6)):
         proc = _cli("train", *common, "--run", str(run), "--max-steps", str(steps))
@@ -137,6 +138,18 @@ def test_a_resumed_run_is_bit_identical_to_an_unbroken_one(data, tmp_path) -> No
     rows = [[{f: r[f] for f in fields} for r in _metrics(run)] for run in (unbroken, resumed)]
     assert rows[0] == rows[1] and [r["step"] for r in rows[0]] == list(range(1, 7))
     assert set(temp.glob("i2vgen-ckpt-*")) <= leftovers
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_naming_the_step(data, tmp_path) -> None:
+    run = tmp_path / "nan"
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                "--max-steps", "6", "--checkpoint-every", "2", "--set", "train.log_every=3",
+                "--set", "train.debug_nan_step=2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # found at the checkpoint step 2, before its checkpoint: the run keeps none, and says which batch
+    assert "training stopped: step 2: the loss is not finite on rank 0 (plan micro-batch 2)" in proc.stderr
+    assert latest_checkpoint(run) is None and [r["kind"] for r in _metrics(run)] == ["stopped"]
 
 
 @pytest.mark.slow
@@ -176,7 +189,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(data, tmp_path) -> No
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "train", "--stage", "base", "--data", str(data), "--run", str(run),
-         "--preset", "tiny", "--max-steps", "24", "--checkpoint-every", "2"],
+         "--preset", "tiny", "--max-steps", "24", "--checkpoint-every", "2", "--set", "train.log_every=1"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + 300
@@ -221,7 +234,7 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
     run = tmp_path / "overfit"
     settings = ["train.overfit_batches=1", "train.micro_batch=1", "train.frame_counts=[8]", "train.frame_weights=[1]",
                 "train.fps_values=[8]", "train.fps_weights=[1]", "train.lr=0.002", "train.warmup_steps=10",
-                "stages.base.condition_dropout=0.0"]
+                "stages.base.condition_dropout=0.0", "train.log_every=1"]
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
                 "--max-steps", str(OVERFIT_STEPS), "--checkpoint-every", str(OVERFIT_STEPS),
                 *[a for s in settings for a in ("--set", s)], timeout=3000)

@@ -37,6 +37,18 @@ CONFIG_FILE = "config.yaml"
 MODEL_AND_OBJECTIVE = ("stage", "model", "unet", "global_encoder", "clip", "vae", "diffusion")
 
 
+class TrainingStopped(RuntimeError):
+    """The workers ended the run before ``train.max_steps``, saying why (a non-finite loss)."""
+
+
+def stopped_reason(run: Path) -> Optional[str]:
+    """Why the workers ended the run early, from the last line of ``metrics.jsonl``."""
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    last = json.loads(lines[-1]) if lines else {}
+    return last.get("reason") if last.get("kind") == "stopped" else None
+
+
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     """The newest checkpoint Ray Train registered for the run (a folder can exist on disk
     before its report completes; only registered ones are resumed from). None for a run
@@ -148,6 +160,9 @@ def train(
     )
     result = trainer.fit()
     plot_losses(run)
+    reason = stopped_reason(run)
+    if reason:
+        raise TrainingStopped(reason)
     return {"run": str(run), "step": checkpoint_step(latest_checkpoint(run)), "metrics": result.metrics}
 
 
@@ -175,6 +190,8 @@ def plot_losses(run: Path) -> Optional[Path]:
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train_rows = [r for r in rows if "loss" in r]
+    if not train_rows:  # a run stopped before its first log step
+        return None
     steps = np.array([r["step"] for r in train_rows])
     losses = np.array([r["loss"] for r in train_rows])
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -105,13 +105,37 @@ def diffusion_batch(
     )
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+@dataclass
+class Worker:
+    """What a worker builds once (``build``): the engine around the stage's denoiser, the
+    EMA, the frozen encoders where they run here, the run's state, its log and validator."""
+
+    config: Config
+    stage: str
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    model: Denoiser
+    engine: Any
+    optimizer: Any
+    ema: EMA
+    state: TrainState
+    noise_schedule: NoiseSchedule
+    stored: Optional[Encodings]
+    clip: Optional[ClipEncoders]
+    vae: Optional[ImageAutoencoder]
+    null_text: Optional[torch.Tensor]
+    log: Optional["RunLog"]
+    validator: Optional[Validator]
+
+
+def build(loop_config: dict[str, Any]) -> Worker:
     import deepspeed
     import ray.train
 
     config: Config = loop_config["config"]
     stage: str = loop_config["stage"]
-    run_dir = Path(loop_config["run_dir"])
     train = config.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -129,15 +153,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
     )
     ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3, master_weights=use_bf16)
-
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         restore(checkpoint, engine, ema, state, rank)
         if rank == 0:
             print(f"resuming from step {state.step}", flush=True)
-    step = state.step
 
     stored: Optional[Encodings] = loop_config.get("encodings")
+    clip = vae = None
     if stored is None or train.validate_every:  # the frozen encoders run here, outside the engine
         clip = build_clip(config, device=device)
         vae = build_autoencoder(config, device=device).to(device)
@@ -148,86 +171,220 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         null_text = torch.from_numpy(stored.null_text).to(device)
     else:
         null_text = None
-    schedule_noise = NoiseSchedule(config.diffusion)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
-    log = RunLog(run_dir, step) if rank == 0 else None
+    run_dir = Path(loop_config["run_dir"])
     validator = (Validator(config, stage, loop_config["data_dir"], clip, vae, null_text, device, dtype)
                  if train.validate_every else None)
-    if step == 0:
-        # The run's own starting point: the baseline a trained stage must beat.
-        initial = ema.state_dict(engine.module)  # every rank: a gather under ZeRO-3
-        if rank == 0:
-            save_stage(initial, run_dir / INITIAL_WEIGHTS, stage, config, step=0)
-        if validator is not None:
-            _validate(validator, engine, 0, log)
+    return Worker(config, stage, rank, world, device, dtype, model, engine, optimizer, ema, state,
+                  NoiseSchedule(config.diffusion), stored, clip, vae, null_text,
+                  RunLog(run_dir, state.step) if rank == 0 else None, validator)
 
-    shard = ray.train.get_dataset_shard(rank_dataset_name(rank))  # this rank's micro-batches, from this step on
-    last_good: dict[str, Any] | None = None
-    corrupt_samples = corrupt_batches = 0
-    waited = computed = 0.0
-    window_steps = 0
-    t_wait = time.perf_counter()
+
+@dataclass
+class MicroBatch:
+    """One step's input as the plan and the loader gave it."""
+
+    batch: dict[str, Any]
+    index: int  # the plan's micro-batch number: step * workers + rank
+    corrupt_samples: int  # samples the loader replaced by spares
+    empty: bool  # every spare failed too: the last good batch stands in
+    waited_s: float  # time spent waiting for it
+
+
+def micro_batches(worker: Worker) -> Iterator[MicroBatch]:
+    """This rank's micro-batches from the resumed step on. A batch the loader could not
+    fill is replaced by the last good one, since every rank must step together."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(rank_dataset_name(worker.rank))
+    last_good: Optional[dict[str, Any]] = None
+    asked = time.perf_counter()
     for batch in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-        t_start = time.perf_counter()
-        index = int(batch["index"][0])  # the plan's micro-batch number: step * workers + rank
-        waited += t_start - t_wait
-        corrupt_samples += int(batch["corrupt"][0])
-        if len(batch["latents" if stored else "video"][0]) == 0:
-            corrupt_batches += 1
-            if last_good is None:
-                raise RuntimeError("the first micro-batch had no decodable sample; check the curated media")
-            batch = last_good  # every rank must step together, so train on the last good batch again
-        last_good = batch
-        with torch.no_grad():
-            if stored:
-                encoded = EncoderOutputs.from_stored(batch, device)
-            else:
-                video = torch.from_numpy(np.array(batch["video"][0])).to(device)
-                pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-                encoded = encode_media(model, clip, vae, pixels, str(batch["caption"][0]).split("\x1f"))
-        samples, frames = encoded.latents.shape[0], encoded.latents.shape[2]
-        fps = torch.full((samples,), int(batch["fps"][0]), device=device)
-        data = diffusion_batch(model, encoded, fps, dtype, null_text)
-        loss, timesteps = diffusion_loss(engine, schedule_noise, data, config, state.generator)
-        engine.backward(loss)
-        gradient_mb = gradient_bytes(engine, optimizer) / 2**20  # before the step frees them
-        engine.step()
-        ema.update(engine.module, step)
-        step = state.step = step + 1
-        window_steps += 1
-        computed += time.perf_counter() - t_start
-        metrics = {
-            "step": step,
-            "loss": float(loss.item()),
-            **group_rates(optimizer),
-            "samples_per_s": samples * world * window_steps / max(computed + waited, 1e-9),
-            "data_wait_share": waited / max(waited + computed, 1e-9),
-            "frames": int(frames),
-            "batch_index": index,
-            "pre_encoded": int(stored is not None),
-            "max_timestep": int(timesteps.max()),
-            "corrupt_samples": corrupt_samples,
-            "corrupt_batches": corrupt_batches,
-            "optimizer_state_mb": optimizer_state_bytes(optimizer) / 2**20,
-            "parameters_mb": parameter_bytes(engine) / 2**20,
-            "gradients_mb": gradient_mb,
-            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
-        if log is not None:
-            log.step(metrics)
-        if validator is not None and (step % train.validate_every == 0 or step >= train.max_steps):
-            _validate(validator, engine, step, log)
-        if step % train.checkpoint_every == 0 or step >= train.max_steps:
-            save_and_report(engine, ema, state, metrics, rank)
-            waited = computed = 0.0
-            window_steps = 0
-        elif step % train.log_every == 0:
+        waited = time.perf_counter() - asked
+        empty = len(batch["latents" if worker.stored else "video"][0]) == 0
+        if empty and last_good is None:
+            raise RuntimeError("the first micro-batch had no decodable sample; check the curated media")
+        item = MicroBatch(last_good if empty else batch, int(batch["index"][0]), int(batch["corrupt"][0]), empty,
+                          waited)
+        last_good = item.batch
+        yield item
+        asked = time.perf_counter()
+
+
+@dataclass
+class StepOutput:
+    """What a step leaves for the metrics: tensors stay on the device until a log step."""
+
+    loss: torch.Tensor
+    max_timestep: torch.Tensor
+    samples: int
+    tokens: int  # latent positions (frames x height x width) in the micro-batch
+    frames: int
+    gradients_mb: Optional[float]  # measured on log steps only (a walk over all parameters)
+
+
+def train_step(worker: Worker, item: MicroBatch, measure: bool) -> StepOutput:
+    """Encode (or read the stored encodings), the diffusion loss, backward, the optimizer
+    step and the EMA update."""
+    train, batch = worker.config.train, item.batch
+    with torch.no_grad():
+        if worker.stored:
+            encoded = EncoderOutputs.from_stored(batch, worker.device)
+        else:
+            video = torch.from_numpy(np.array(batch["video"][0])).to(worker.device)
+            pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+            encoded = encode_media(worker.model, worker.clip, worker.vae, pixels,
+                                   str(batch["caption"][0]).split("\x1f"))
+    samples, _, frames, height, width = encoded.latents.shape
+    fps = torch.full((samples,), int(batch["fps"][0]), device=worker.device)
+    data = diffusion_batch(worker.model, encoded, fps, worker.dtype, worker.null_text)
+    loss, timesteps = diffusion_loss(worker.engine, worker.noise_schedule, data, worker.config, worker.state.generator)
+    if worker.state.step + 1 == train.debug_nan_step:
+        loss = loss * float("nan")
+    worker.engine.backward(loss)
+    gradients = gradient_bytes(worker.engine, worker.optimizer) / 2**20 if measure else None  # before step frees them
+    worker.engine.step()
+    worker.ema.update(worker.engine.module, worker.state.step)
+    worker.state.step += 1
+    return StepOutput(loss.detach(), timesteps.max(), samples, samples * frames * height * width, frames, gradients)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's loss was not finite (``train.nonfinite: stop``)."""
+
+
+class Window:
+    """The steps since the last log. Losses and timesteps are summed on the device, so a
+    step costs no host sync; a log step reduces them across ranks once."""
+
+    def __init__(self, device: torch.device, rank: int, world: int) -> None:
+        self.device, self.rank, self.world = device, rank, world
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.max_timestep = torch.zeros((), device=self.device, dtype=torch.long)
+        self.first_nonfinite = torch.full((), NO_STEP, device=self.device, dtype=torch.long)
+        self.finite_steps = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.samples = self.tokens = self.corrupt_samples = self.corrupt_batches = 0
+        self.indices: dict[int, int] = {}  # step -> micro-batch, to name a failing one
+        self.waited = self.computed = 0.0
+
+    def add(self, step: int, item: MicroBatch, out: StepOutput, computed_s: float) -> None:
+        finite = torch.isfinite(out.loss)
+        self.loss_sum += torch.where(finite, out.loss, 0.0).double()
+        here = torch.tensor(step * self.world + self.rank, device=self.device)  # ranks order one step's failures
+        self.first_nonfinite = torch.where(~finite & (self.first_nonfinite == NO_STEP), here, self.first_nonfinite)
+        self.finite_steps += finite.double()
+        self.max_timestep = torch.maximum(self.max_timestep, out.max_timestep)
+        self.samples += out.samples
+        self.tokens += out.tokens
+        self.corrupt_samples += item.corrupt_samples
+        self.corrupt_batches += int(item.empty)
+        self.indices[step] = item.index
+        self.waited += item.waited_s
+        self.computed += computed_s
+
+    def reduce(self) -> tuple[float, Optional[tuple[int, int]]]:
+        """The window's mean finite loss over its steps and every rank, and the first
+        (step, rank) whose loss was not finite (None if none was)."""
+        import torch.distributed as dist
+
+        totals = torch.stack([self.loss_sum, self.finite_steps])
+        first = self.first_nonfinite.clone()
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        found = int(first)
+        return float(totals[0] / totals[1]), None if found == NO_STEP else divmod(found, self.world)
+
+
+NO_STEP = 2**62  # "no such step" in the window's device-side minimum
+
+
+def log_metrics(worker: Worker, window: Window, out: StepOutput, item: MicroBatch) -> dict[str, Any]:
+    """The metrics of a log step. A non-finite loss since the last one raises
+    ``NonFiniteLoss`` on every rank alike (``train.nonfinite: stop``)."""
+    loss, nonfinite = window.reduce()
+    if nonfinite is not None and worker.config.train.nonfinite == "stop":
+        step, rank = nonfinite
+        batch = window.indices[step] if rank == worker.rank else (step - 1) * worker.world + rank
+        raise NonFiniteLoss(f"step {step}: the loss is not finite on rank {rank} (plan micro-batch {batch}); the run "
+                            "stops with its last checkpoint kept (train.nonfinite=continue would go on)")
+    elapsed = max(window.waited + window.computed, 1e-9)
+    norm = worker.engine.get_global_grad_norm()
+    return {
+        "step": worker.state.step,
+        "loss": loss,
+        "grad_norm": None if norm is None else float(norm),
+        "nonfinite_step": None if nonfinite is None else nonfinite[0],
+        **group_rates(worker.optimizer),
+        "samples_per_s": window.samples * worker.world / elapsed,
+        "tokens_per_s": window.tokens * worker.world / elapsed,
+        "data_wait_share": window.waited / elapsed,
+        "frames": out.frames,
+        "batch_index": item.index,
+        "pre_encoded": int(worker.stored is not None),
+        "max_timestep": int(window.max_timestep),
+        "corrupt_samples": window.corrupt_samples,
+        "corrupt_batches": window.corrupt_batches,
+        "optimizer_state_mb": optimizer_state_bytes(worker.optimizer) / 2**20,
+        "parameters_mb": parameter_bytes(worker.engine) / 2**20,
+        "gradients_mb": out.gradients_mb,
+        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Build, then step; log, validate and checkpoint on their intervals."""
+    import ray.train
+
+    worker = build(loop_config)
+    train, state = worker.config.train, worker.state
+    if state.step == 0:
+        # The run's own starting point: the baseline a trained stage must beat.
+        initial = worker.ema.state_dict(worker.engine.module)  # every rank: a gather under ZeRO-3
+        if worker.rank == 0:
+            save_stage(initial, Path(loop_config["run_dir"]) / INITIAL_WEIGHTS, worker.stage, worker.config, step=0)
+        maybe_validate(worker, force=True)
+    window = Window(worker.device, worker.rank, worker.world)
+    for item in micro_batches(worker):
+        started = time.perf_counter()
+        last = state.step + 1 >= train.max_steps
+        checkpoint = (state.step + 1) % train.checkpoint_every == 0 or last
+        log = checkpoint or (state.step + 1) % train.log_every == 0
+        out = train_step(worker, item, measure=log)
+        window.add(state.step, item, out, time.perf_counter() - started)
+        if log:
+            try:
+                metrics = log_metrics(worker, window, out, item)
+            except NonFiniteLoss as err:  # every rank alike: end the run (a raise would restart it)
+                if worker.log is not None:
+                    worker.log.stopped(state.step, str(err))
+                return
+            window.reset()
+            if worker.log is not None:
+                worker.log.step(metrics)
+        maybe_validate(worker, force=last)
+        if checkpoint:
+            save_and_report(worker.engine, worker.ema, state, metrics, worker.rank)
+        elif log:
             ray.train.report(metrics)
-        t_wait = time.perf_counter()
-        if step >= train.max_steps:
-            break
-    if step < train.max_steps:
-        raise RuntimeError(f"the data plan ran out at step {step} of {train.max_steps}")
+        if last:
+            return
+    raise RuntimeError(f"the data plan ran out at step {state.step} of {train.max_steps}")
+
+
+def maybe_validate(worker: Worker, force: bool = False) -> None:
+    """Validation losses and sample videos every ``validate_every`` steps (and when
+    ``force``d: at the start and the end); every rank computes, rank 0 writes."""
+    every = worker.config.train.validate_every
+    if worker.validator is None or not (force or worker.state.step % every == 0):
+        return
+    losses = worker.validator.losses(worker.engine)
+    videos = worker.validator.samples(worker.engine)
+    if worker.log is not None:
+        worker.log.validation(worker.state.step, losses, videos, worker.config.sampling.fps)
 
 
 def optimizer_state_bytes(optimizer) -> int:
@@ -257,14 +414,6 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _validate(validator: Validator, engine, step: int, log: Optional["RunLog"]) -> None:
-    """Validation losses and sample videos at ``step``; every rank computes, rank 0 writes."""
-    losses = validator.losses(engine)
-    videos = validator.samples(engine)
-    if log is not None:
-        log.validation(step, losses, videos, validator.config.sampling.fps)
-
-
 class RunLog:
     """Rank 0's record of the run: a JSON line per step (validation lines carry
     ``"kind": "validation"``), TensorBoard scalars and sample sheets, sample mp4s under
@@ -291,6 +440,10 @@ class RunLog:
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and key != "step":
                 self.board.add_scalar(key, value, metrics["step"])
+
+    def stopped(self, step: int, reason: str) -> None:
+        """The line that tells the driver (``training.job.stopped_reason``) why the run ended early."""
+        self._record({"step": step, "kind": "stopped", "reason": reason})
 
     def step(self, metrics: dict[str, Any]) -> None:
         self._record(metrics)

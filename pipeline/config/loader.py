@@ -226,7 +226,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")
     if train.validate_every < 0 or train.validation_clips < 1:
         raise ConfigError("train.validate_every: must be >= 0 (0: never) and train.validation_clips >= 1")
-    for key in ("warmup_steps", "spare_samples", "overfit_batches"):
+    for key in ("warmup_steps", "spare_samples", "overfit_batches", "debug_nan_step"):
         if getattr(train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(train, key)}")
     if train.validation_sampling_steps < 1:

@@ -361,6 +361,13 @@ class TrainConfig:
     # must memorise those clips as a denoiser does: from any noise (a fixed noise would let
     # it memorise one noise-to-clip map and hide directions it cannot see).
     overfit_batches: int = 0
+    # A step whose loss is not finite, found at the next log step: stop the run, naming the
+    # step (its last checkpoint stays the run's), or continue (the loss is left out of the
+    # logged mean; DeepSpeed's ZeRO optimizers skip the update of a step whose gradients
+    # are not finite, "OVERFLOW! Skipping step").
+    nonfinite: Literal["stop", "continue"] = "stop"
+    # Debugging: > 0 makes that step's loss NaN, to see the run stop on it.
+    debug_nan_step: int = 0
     # Extra rows drawn per micro-batch to stand in for clips whose media fails to decode.
     spare_samples: int = 2
     # A SQL filter on the curated tables (e.g. "aesthetic > 6 AND motion > 0.2").
