@@ -1,11 +1,14 @@
 """``train_loop_per_worker``: what each Ray Train worker runs, read top to bottom.
 
-Build the stage's denoiser and a DeepSpeed engine around it (frozen CLIP and VAE stay
-outside), restore the last checkpoint if Ray hands one over, then for each micro-batch of
-this worker's dataset shard: encode, diffusion loss, backward, step, EMA. A fresh run first
-exports its step-0 weights; every ``validate_every`` steps all ranks validate on held-out
-clips (``training.validation``); every ``checkpoint_every`` steps all ranks save their
-DeepSpeed shards and report them together.
+``build`` makes the stage's denoiser and a DeepSpeed engine around it (frozen CLIP and VAE
+stay outside), the fp32 EMA, and restores the last checkpoint if Ray hands one over
+(``training.checkpointing``: weights, EMA and each rank's random state, so a resume is
+exact). Then for each micro-batch of this worker's plan (``micro_batches``): ``train_step``
+(encode, diffusion loss, backward, step, EMA), and on their intervals the log
+(``log_metrics``: the only host sync, once per ``log_every`` steps), the validation on
+held-out clips (``training.validation``) and the checkpoint, which all ranks save and report
+together. A fresh run first exports its step-0 weights, the baseline a trained stage must
+beat.
 """
 
 from __future__ import annotations
