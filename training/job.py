@@ -27,7 +27,7 @@ from training.data import load_catalog, plan_dataset, rank_dataset_name, validat
 from training.encodings import attach_encodings
 from training.heldout import heldout_rows
 from training.checkpointing import EMA_FILE
-from training.loop import train_loop_per_worker
+from training.loop import read_metrics, train_loop_per_worker
 from training.validation import default_val_where
 
 CONFIG_FILE = "config.yaml"
@@ -43,9 +43,8 @@ class TrainingStopped(RuntimeError):
 
 def stopped_reason(run: Path) -> Optional[str]:
     """Why the workers ended the run early, from the last line of ``metrics.jsonl``."""
-    path = run / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    last = json.loads(lines[-1]) if lines else {}
+    rows = read_metrics(run)
+    last = rows[-1] if rows else {}
     return last.get("reason") if last.get("kind") == "stopped" else None
 
 
@@ -59,7 +58,9 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
         return None
     try:
         result = Result.from_path(Path(run_dir).resolve())
-    except RuntimeError:  # Ray's answer for a folder that holds no registered checkpoint yet
+    except RuntimeError as err:
+        if "doesn't exist" not in str(err):  # Ray's answer for a folder with no checkpoint yet
+            raise
         return None
     return Path(result.checkpoint.path) if result.checkpoint else None
 
@@ -179,8 +180,9 @@ def ingest_config():
 def plot_losses(run: Path) -> Optional[Path]:
     """``loss.png``: the loss per step and its running mean, from ``metrics.jsonl``, and the
     validation loss against the zero-prediction line where the run validated."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
+    rows = read_metrics(run)
+    train_rows = [r for r in rows if "loss" in r]
+    if not train_rows:  # no run yet, or one stopped before its first log step
         return None
     import matplotlib
 
@@ -188,10 +190,6 @@ def plot_losses(run: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    train_rows = [r for r in rows if "loss" in r]
-    if not train_rows:  # a run stopped before its first log step
-        return None
     steps = np.array([r["step"] for r in train_rows])
     losses = np.array([r["loss"] for r in train_rows])
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -38,6 +38,7 @@ from training.losses import DiffusionBatch, diffusion_loss
 from training.optim import EMA, build_optimizer, group_rates
 from training.validation import ValidationLosses, Validator
 
+METRICS_FILE = "metrics.jsonl"
 # The weights the run started from, exported like a trained stage (the untrained baseline).
 INITIAL_WEIGHTS = "initial.safetensors"
 
@@ -430,10 +431,10 @@ class RunLog:
         from tensorboardX import SummaryWriter
 
         self.run_dir = run_dir
-        path = run_dir / "metrics.jsonl"
-        kept = [line for line in _lines(path) if step > 0 and json.loads(line)["step"] <= step]
+        path = run_dir / METRICS_FILE
+        kept = [row for row in read_metrics(run_dir) if step > 0 and row["step"] <= step]
         partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in kept))
+        partial.write_text("".join(json.dumps(row) + "\n" for row in kept))
         os.replace(partial, path)
         self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if step else 0)
         self.lines = open(path, "a", buffering=1)
@@ -474,18 +475,16 @@ class RunLog:
         )
 
 
-def _lines(path: Path) -> list[str]:
-    """The whole JSON lines of ``path``; a line cut off by a crash is dropped."""
-    if not path.exists():
-        return []
-    whole = []
-    for line in path.read_text().splitlines():
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``; a line cut off by a crash is dropped."""
+    path = run_dir / METRICS_FILE
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
-            json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-        whole.append(line)
-    return whole
+    return rows
 
 
 def _file_name(clip_id: str) -> str:
