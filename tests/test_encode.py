@@ -17,7 +17,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.config.loader import ConfigError
 from pipeline.models.build import build_autoencoder, build_clip
-from training.data import MicroBatchLoader, load_catalog, plan_micro_batch
+from training.data import MicroBatchLoader, load_catalog
 from training.encodings import attach_encodings
 
 # The generated videos run at 24 fps: on a 24 fps grid (and fps draws dividing it) a stored
@@ -48,13 +48,9 @@ def encoded(tiny_curated, tmp_path_factory) -> Path:
     return data
 
 
-def _plan_batch(plan: dict) -> dict[str, np.ndarray]:
-    batch = {}
-    for key, value in plan.items():
-        batch[key] = np.empty(1, dtype=object) if isinstance(value, list) else np.array([value])
-        if isinstance(value, list):
-            batch[key][0] = value
-    return batch
+def _step(step: int) -> dict[str, np.ndarray]:
+    """A loader's input: rank 0's step number (the loader plans the micro-batch itself)."""
+    return {"item": np.array([step])}
 
 
 @pytest.mark.parametrize("stage", ["base", "refiner"])
@@ -67,8 +63,7 @@ def test_stored_samples_equal_what_the_trainer_encodes(encoded, stage) -> None:
     vae, clip = build_autoencoder(config), build_clip(config)
     shapes = set()
     for index in range(8):
-        plan = _plan_batch(plan_micro_batch(catalog, config, index))
-        stored, media = stored_loader(plan), media_loader(plan)
+        stored, media = stored_loader(_step(index)), media_loader(_step(index))
         video = torch.from_numpy(np.array(media["video"][0]))
         pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         latents = torch.from_numpy(np.array(stored["latents"][0]))
@@ -81,7 +76,7 @@ def test_stored_samples_equal_what_the_trainer_encodes(encoded, stage) -> None:
             captions = str(media["caption"][0]).split("\x1f")
             torch.testing.assert_close(text, clip.encode_text(captions), atol=1e-5, rtol=1e-5)
             assert "image_embeds" not in stored
-        shapes.add(int(plan["frames"][0]))
+        shapes.add(video.shape[1])
     assert shapes == {1, 8}  # images and clips both came from the stored grid
 
 
@@ -105,11 +100,10 @@ def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path,
     model, clip, vae = build_denoiser(config, "base"), build_clip(config), build_autoencoder(config)
     null_text = torch.from_numpy(catalog.encoded.null_text)
     torch.testing.assert_close(null_text, clip.encode_text([""]), atol=1e-5, rtol=1e-5)
-    plan = _plan_batch(plan_micro_batch(catalog, config, 1))
-    stored = MicroBatchLoader(catalog, config, "base")(plan)
-    media = MicroBatchLoader(load_catalog(data), config, "base")(plan)
+    stored = MicroBatchLoader(catalog, config, "base")(_step(1))
+    media = MicroBatchLoader(load_catalog(data), config, "base")(_step(1))
     pixels = torch.from_numpy(np.array(media["video"][0])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    fps = torch.full((pixels.shape[0],), int(plan["fps"][0]))
+    fps = torch.full((pixels.shape[0],), int(stored["fps"][0]))
     with torch.no_grad():
         computed = encode_media(model, clip, vae, pixels, str(media["caption"][0]).split("\x1f"))
     ours = diffusion_batch(model, EncoderOutputs.from_stored(stored, torch.device("cpu")), fps, torch.float32, null_text)

@@ -45,7 +45,8 @@ def base_run(data, tmp_path_factory) -> Path:
     proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
                 "--zero-stage", "2", "--max-steps", "4", "--checkpoint-every", "2",
                 # tiny trains at gamma 1.0 after a warm-up; the paper's gamma, at a constant rate, here
-                "--set", "train.spatial_lr_scale=0.2", "--set", "train.warmup_steps=0", "--set", "train.log_every=1")
+                "--set", "train.spatial_lr_scale=0.2", "--set", "train.warmup_steps=0", "--set", "train.log_every=1",
+                "--set", "train.micro_batch_sizes=[3,2]")  # images 3 to a micro-batch, 8-frame clips 2
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run
 
@@ -58,6 +59,7 @@ def test_zero2_base_run_keeps_the_spatial_rate_ratio(base_run) -> None:
         assert r["grad_norm"] > 0 and r["tokens_per_s"] > r["samples_per_s"] > 0 and r["nonfinite_step"] is None
         assert r["lr_spatial"] == pytest.approx(0.2 * r["lr_temporal"])  # read from the running optimizer
         assert r["lr_temporal"] == pytest.approx(load_config("tiny").train.lr)
+        assert r["micro_batch"] == {1: 3, 8: 2}[r["frames"]]
     assert (base_run / "loss.png").exists() and any((base_run / "tensorboard").iterdir())
 
 
@@ -229,7 +231,7 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
 
     from inference.cascade import Cascade
     from inference.request import make_request
-    from training.data import MicroBatchLoader, load_catalog, plan_micro_batch
+    from training.data import MicroBatchLoader, load_catalog
 
     run = tmp_path / "overfit"
     settings = ["train.overfit_batches=1", "train.micro_batch=1", "train.frame_counts=[8]", "train.frame_weights=[1]",
@@ -246,11 +248,7 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
 
     config = load_config("tiny", overrides=settings)
     catalog = load_catalog(data, config.train.where, config.train.val_where)
-    plan = plan_micro_batch(catalog, config, 0)
-    batch = {key: np.empty(1, dtype=object) for key in plan}
-    for key, value in plan.items():
-        batch[key][0] = value
-    clip = MicroBatchLoader(catalog, config, "base")(batch)["video"][0][0]  # (F, H, W, 3) at the base size
+    clip = MicroBatchLoader(catalog, config, "base")({"item": np.array([0])})["video"][0][0]  # (F, H, W, 3) at the base size
     cascade = Cascade.from_files(load_config("tiny"), tmp_path / "base.safetensors")
     request = make_request(load_config("tiny"), clip[0], frames=8, fps=8, steps=20, guidance=1.0, seed=987654)
     video = cascade.generate([request])[0]
@@ -288,13 +286,10 @@ def test_the_loader_replaces_undecodable_media_and_fails_on_anything_else(data, 
     import numpy as np
 
     import training.data
-    from training.data import MediaSource, MicroBatchLoader, load_catalog, plan_micro_batch
+    from training.data import MediaSource, MicroBatchLoader, load_catalog
 
     config = load_config("tiny", overrides=["train.frame_counts=[8]", "train.frame_weights=[1]"])  # clips only
-    plan = plan_micro_batch(load_catalog(data), config, 0)
-    batch = {key: np.empty(1, dtype=object) for key in plan}
-    for key, value in plan.items():
-        batch[key][0] = value
+    batch = {"item": np.array([0])}  # rank 0's first step
     loader = MicroBatchLoader(load_catalog(data), config, "base")
     assert loader(batch)["corrupt"][0] == 0
     real, calls = MediaSource.blob, []

@@ -10,7 +10,7 @@ its own and every row it may draw is covered.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,6 +118,11 @@ class Encodings:
     grid_fps: int
     tensors: tuple[str, ...]  # what each sample carries: latents (+ image_embeds, text)
     null_text: Optional[np.ndarray]  # the empty prompt's tokens (1, L, D), for text dropout
+
+    def for_trainers(self) -> "Encodings":
+        """What a trainer needs: the tensors it reads and the empty prompt. The per-row
+        index (O(rows)) stays with the loaders."""
+        return replace(self, rows={}, frames={})
 
 
 def attach_encodings(catalog, config: Config, stage: str) -> str:

@@ -23,8 +23,7 @@ from pipeline.models.init_weights import initialise
 from pipeline.models.stage_file import save_stage
 from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
-from training.data import load_catalog, plan_dataset, rank_dataset_name, validate_shapes
-from training.encodings import attach_encodings
+from training.data import plan_dataset, put_catalog, rank_dataset_name, summarize_catalog, validate_shapes
 from training.heldout import heldout_rows
 from training.checkpointing import EMA_FILE
 from training.loop import read_metrics, train_loop_per_worker
@@ -124,15 +123,16 @@ def train(
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
     check_resume_config(run, stage, config, allow_config_change)
-    catalog = load_catalog(data_dir, config.train.where, config.train.val_where)
-    validate_shapes(catalog, config, stage)
+    data_dir = str(Path(data_dir).resolve())
+    validate_shapes(summarize_catalog(data_dir, config.train.where, config.train.val_where), config, stage)
     if config.train.validate_every:  # fail here, not in every worker, when no clip can validate
         frames = getattr(config.stages, stage).frames
         heldout_rows(data_dir, default_val_where(config), frames, config.sampling.fps, option="train.val_where")
-    print(attach_encodings(catalog, config, stage), flush=True)
-    (run / CONFIG_FILE).write_text(yaml.safe_dump({"stage": stage, **config_to_dict(config)}, sort_keys=False))
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
     init_ray()
+    catalog, encodings, message = put_catalog(data_dir, config, stage)
+    print(message, flush=True)
+    (run / CONFIG_FILE).write_text(yaml.safe_dump({"stage": stage, **config_to_dict(config)}, sort_keys=False))
 
     def rank_dataset(rank: int):
         """Built at every (re)start, from the step of the newest checkpoint on."""
@@ -141,8 +141,8 @@ def train(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config": config, "stage": stage, "run_dir": str(run), "init": init, "encodings": catalog.encoded,
-            "data_dir": str(Path(data_dir).resolve()),
+            "config": config, "stage": stage, "run_dir": str(run), "init": init, "encodings": encodings,
+            "data_dir": data_dir,
         },
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,

@@ -327,6 +327,7 @@ def log_metrics(worker: Worker, window: Window, out: StepOutput, item: MicroBatc
         "tokens_per_s": window.tokens * worker.world / elapsed,
         "data_wait_share": window.waited / elapsed,
         "frames": out.frames,
+        "micro_batch": out.samples,
         "batch_index": item.index,
         "pre_encoded": int(worker.stored is not None),
         "max_timestep": int(window.max_timestep),

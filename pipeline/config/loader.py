@@ -221,6 +221,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.zero_stage: {train.zero_stage} is not one of 0, 1, 2, 3")
     if train.micro_batch < 1 or train.workers < 1:
         raise ConfigError("train.micro_batch: and train.workers must be at least 1")
+    if train.tokens_per_micro_batch < 0:
+        raise ConfigError(f"train.tokens_per_micro_batch: must be >= 0 (0: off), got {train.tokens_per_micro_batch}")
+    if train.micro_batch_sizes:
+        if train.tokens_per_micro_batch:
+            raise ConfigError("train.micro_batch_sizes: set it or train.tokens_per_micro_batch, not both")
+        if len(train.micro_batch_sizes) != len(train.frame_counts) or min(train.micro_batch_sizes) < 1:
+            raise ConfigError(f"train.micro_batch_sizes: needs one size >= 1 per entry of train.frame_counts "
+                              f"{train.frame_counts}, got {train.micro_batch_sizes}")
     for key in ("checkpoint_every", "log_every", "max_steps"):
         if getattr(train, key) < 1:
             raise ConfigError(f"train.{key}: must be at least 1, got {getattr(train, key)}")

@@ -327,6 +327,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Samples per worker per step; every micro-batch has one (frames, fps) shape.
     micro_batch: int = 2
+    # Micro-batch size by frame count, so that a still image does not take a 32-frame
+    # clip's slot: tokens_per_micro_batch > 0 fits each frame count's micro-batch into that
+    # many latent positions (frames x h x w at the stage's size); micro_batch_sizes gives
+    # one size per entry of frame_counts. With neither, every micro-batch has micro_batch.
+    # Shapes are still drawn per micro-batch at frame_weights x fps_weights, and the loss
+    # is the micro-batch's mean, so each shape's share of the objective is unchanged.
+    tokens_per_micro_batch: int = 0
+    micro_batch_sizes: list[int] = field(default_factory=list)
     zero_stage: int = 2
     # bf16 on GPUs; CPUs train in fp32.
     bf16: bool = True
