@@ -60,7 +60,21 @@ def test_zero2_base_run_keeps_the_spatial_rate_ratio(base_run) -> None:
         assert r["lr_spatial"] == pytest.approx(0.2 * r["lr_temporal"])  # read from the running optimizer
         assert r["lr_temporal"] == pytest.approx(load_config("tiny").train.lr)
         assert r["micro_batch"] == {1: 3, 8: 2}[r["frames"]]
+        assert r["model_tflops_per_s"] > 0 and r["mfu"] is None  # a CPU has no known peak
     assert (base_run / "loss.png").exists() and any((base_run / "tensorboard").iterdir())
+
+
+def test_mfu_charges_each_token_three_forwards_of_the_stage() -> None:
+    from pipeline.model_info import forward_flops, latent_shape
+    from training.mfu import device_peak_flops, training_flops_per_token
+
+    config = load_config("tiny")
+    _, _, frames, height, width = latent_shape(config, "base")
+    per_token = training_flops_per_token(config, "base")
+    assert per_token * frames * height * width == pytest.approx(
+        3 * forward_flops(build_denoiser(config, "base", device="meta"), config, "base"))
+    assert device_peak_flops(config, torch.device("cpu")) is None
+    assert device_peak_flops(load_config("tiny", overrides=["train.peak_tflops=50"]), torch.device("cpu")) == 50e12
 
 
 def test_export_holds_the_ema_weights(base_run, tmp_path) -> None:

@@ -35,6 +35,7 @@ from training.checkpointing import TrainState, restore, save_and_report
 from training.data import rank_dataset_name
 from training.encodings import Encodings
 from training.losses import DiffusionBatch, diffusion_loss
+from training.mfu import device_peak_flops, training_flops_per_token
 from training.optim import EMA, build_optimizer, group_rates
 from training.validation import ValidationLosses, Validator
 
@@ -132,6 +133,8 @@ class Worker:
     null_text: Optional[torch.Tensor]
     log: Optional["RunLog"]
     validator: Optional[Validator]
+    flops_per_token: float  # the denoiser's training FLOPs per latent position (training.mfu)
+    peak_flops: Optional[float]  # the device's, when known: MFU is logged
 
 
 def build(loop_config: dict[str, Any]) -> Worker:
@@ -181,7 +184,8 @@ def build(loop_config: dict[str, Any]) -> Worker:
                  if train.validate_every else None)
     return Worker(config, stage, rank, world, device, dtype, model, engine, optimizer, ema, state,
                   NoiseSchedule(config.diffusion), stored, clip, vae, null_text,
-                  RunLog(run_dir, state.step) if rank == 0 else None, validator)
+                  RunLog(run_dir, state.step) if rank == 0 else None, validator,
+                  training_flops_per_token(config, stage), device_peak_flops(config, device))
 
 
 @dataclass
@@ -317,6 +321,7 @@ def log_metrics(worker: Worker, window: Window, out: StepOutput, item: MicroBatc
                             "stops with its last checkpoint kept (train.nonfinite=continue would go on)")
     elapsed = max(window.waited + window.computed, 1e-9)
     norm = worker.engine.get_global_grad_norm()
+    device_flops = worker.flops_per_token * window.tokens / elapsed  # this rank's model FLOP/s
     return {
         "step": worker.state.step,
         "loss": loss,
@@ -326,6 +331,8 @@ def log_metrics(worker: Worker, window: Window, out: StepOutput, item: MicroBatc
         "samples_per_s": window.samples * worker.world / elapsed,
         "tokens_per_s": window.tokens * worker.world / elapsed,
         "data_wait_share": window.waited / elapsed,
+        "model_tflops_per_s": device_flops / 1e12,
+        "mfu": None if worker.peak_flops is None else device_flops / worker.peak_flops,
         "frames": out.frames,
         "micro_batch": out.samples,
         "batch_index": item.index,

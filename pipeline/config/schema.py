@@ -338,6 +338,9 @@ class TrainConfig:
     zero_stage: int = 2
     # bf16 on GPUs; CPUs train in fp32.
     bf16: bool = True
+    # The device's peak TFLOP/s for the logged MFU; 0 looks up a known GPU's bf16 peak
+    # (training.mfu), and CPUs and unknown devices report no MFU.
+    peak_tflops: float = 0.0
     # The EMA's decay after its warm-up: update n averages with min(ema_decay, (1+n)/(10+n)),
     # so early exports are not dominated by the initial weights.
     ema_decay: float = 0.9999
