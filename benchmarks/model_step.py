@@ -136,7 +136,7 @@ def deepspeed_engine(model, config, bf16: bool, cuda: bool):
                        "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    optimizer, schedule = build_optimizer(model, config.train)
+    optimizer, schedule = build_optimizer(model, config.train, fused=cuda and config.train.fused_adamw)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(config, bf16))
 
@@ -230,9 +230,12 @@ def main() -> None:
                                       device=device, dtype="bf16", batch=batch, steps=5))
                 cases.append(dict(preset="paper", overrides=[], device=device, dtype="fp32", batch=batch, steps=5,
                                   encoders=True))
-                # The trainers' DeepSpeed engine (ZeRO-2, fp32 master weights) with checkpointing, as training runs.
-                cases.append(dict(preset="paper", overrides=["unet.gradient_checkpointing=true"], device=device,
-                                  dtype="bf16", batch=batch, steps=5, engine="deepspeed"))
+                # The trainers' DeepSpeed engine (ZeRO-2, fp32 master weights) with checkpointing, as training
+                # runs, then with the fused AdamW kernel, and with the reduction overlapped as well.
+                for engine_settings in ([], ["train.fused_adamw=true"],
+                                        ["train.fused_adamw=true", "train.overlap_comm=true"]):
+                    cases.append(dict(preset="paper", overrides=["unet.gradient_checkpointing=true", *engine_settings],
+                                      device=device, dtype="bf16", batch=batch, steps=5, engine="deepspeed"))
     results = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)

@@ -130,9 +130,9 @@ def summarize_catalog(data_dir: str | Path, where: Optional[str] = None, val_whe
     for batch in ds.to_batches(columns=["frame_fps"], filter=condition):
         clips += batch.num_rows
         frames, fps, _ = _flat_pairs(batch.column(0))
-        pairs, counts = np.unique(np.stack([frames, fps]), axis=1, return_counts=True)
-        for (f, r), n in zip(pairs.T.tolist(), counts.tolist()):
-            shapes[(f, r)] = shapes.get((f, r), 0) + n
+        keys, counts = np.unique(frames << 32 | fps, return_counts=True)  # one int per pair: a flat sort
+        for key, n in zip(keys.tolist(), counts.tolist()):
+            shapes[(key >> 32, key & 0xFFFFFFFF)] = shapes.get((key >> 32, key & 0xFFFFFFFF), 0) + n
     _require_clips(clips, data_dir, where, ds, held_out)
     images = kept[IMAGES][0].count_rows(filter=kept[IMAGES][1]) if IMAGES in kept else 0
     return CatalogSummary(clips, images, shapes)

@@ -50,7 +50,10 @@ def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": train.grad_clip,
-        "zero_optimization": {"stage": train.zero_stage, "contiguous_gradients": True, "overlap_comm": False},
+        "zero_optimization": {
+            "stage": train.zero_stage, "contiguous_gradients": True, "overlap_comm": train.overlap_comm,
+            "reduce_bucket_size": train.bucket_elements, "allgather_bucket_size": train.bucket_elements,
+        },
         "bf16": {"enabled": use_bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -155,7 +158,7 @@ def build(loop_config: dict[str, Any]) -> Worker:
         loaded = initialise(model, loop_config["init"])
         if rank == 0:
             print(loaded, flush=True)
-    optimizer, schedule = build_optimizer(model, train)
+    optimizer, schedule = build_optimizer(model, train, fused=train.fused_adamw and device.type == "cuda")
     engine, optimizer, _, schedule = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
     )

@@ -28,8 +28,13 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, fused: bool = False
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the two groups (``fused``: one kernel for all parameters, CUDA only) and
+    the warm-up schedule that keeps their ratio."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                  fused=fused or None)
     warmup = max(cfg.warmup_steps, 0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
     return optimizer, schedule

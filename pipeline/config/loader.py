@@ -221,6 +221,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.zero_stage: {train.zero_stage} is not one of 0, 1, 2, 3")
     if train.micro_batch < 1 or train.workers < 1:
         raise ConfigError("train.micro_batch: and train.workers must be at least 1")
+    if train.bucket_elements < 1:
+        raise ConfigError(f"train.bucket_elements: must be at least 1, got {train.bucket_elements}")
     if train.peak_tflops < 0:
         raise ConfigError(f"train.peak_tflops: must be >= 0 (0: look the device up), got {train.peak_tflops}")
     if train.tokens_per_micro_batch < 0:

@@ -336,6 +336,13 @@ class TrainConfig:
     tokens_per_micro_batch: int = 0
     micro_batch_sizes: list[int] = field(default_factory=list)
     zero_stage: int = 2
+    # AdamW's fused kernel (one launch for every parameter, not one per tensor) on CUDA;
+    # DeepSpeed's overlap of the gradient reduction with backward, and its bucket size in
+    # elements (DeepSpeed's default, 5e8). Off until measured on a GPU
+    # (benchmarks/model_step.py --paper times the engine with each).
+    fused_adamw: bool = False
+    overlap_comm: bool = False
+    bucket_elements: int = 500_000_000
     # bf16 on GPUs; CPUs train in fp32.
     bf16: bool = True
     # The device's peak TFLOP/s for the logged MFU; 0 looks up a known GPU's bf16 peak
