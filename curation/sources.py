@@ -105,12 +105,21 @@ def scan_inputs(inputs: list[str]) -> Scan:
     for raw in inputs:
         fs, path = resolve(raw)
         if any(ch in raw for ch in "*?["):
-            scanned += _glob(fs, raw, path)
+            for entry in _glob(fs, raw, path):
+                if isinstance(entry, InputReject):
+                    rejects.append(entry)
+                else:
+                    scanned.append((fs, entry))
             continue
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(path, recursive=True)
-            scanned += [(fs, i.path) for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+            listing = (_walk_local(raw, path) if isinstance(fs, pafs.LocalFileSystem)
+                       else _files(raw, fs.get_file_info(pafs.FileSelector(path, recursive=True))))
+            for entry in listing:
+                if isinstance(entry, InputReject):
+                    rejects.append(entry)
+                else:
+                    scanned.append((fs, entry))
         elif info.type == pafs.FileType.File:
             scanned.append((fs, path))
         else:
@@ -203,9 +212,58 @@ def _read_batches(fs: pafs.FileSystem, path: str) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
-def _glob(fs: pafs.FileSystem, raw: str, path: str) -> list[tuple[pafs.FileSystem, str]]:
+def _glob(fs: pafs.FileSystem, raw: str, path: str) -> Iterator[str | InputReject]:
     if isinstance(fs, pafs.LocalFileSystem):
-        return [(fs, os.path.abspath(p)) for p in sorted(glob.glob(path, recursive=True)) if os.path.isfile(p)]
+        for match in sorted(glob.glob(path, recursive=True)):
+            if not os.path.isfile(match):
+                continue
+            try:
+                match.encode("utf-8")  # glob hands an undecodable name back with surrogates
+            except UnicodeEncodeError:
+                yield _undecodable(raw, os.fsencode(match))
+                continue
+            yield os.path.abspath(match)
+        return
     prefix = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-    infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True))
-    return [(fs, i.path) for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+    for entry in _files(raw, fs.get_file_info(pafs.FileSelector(prefix, recursive=True))):
+        if isinstance(entry, InputReject) or fnmatch.fnmatch(entry, path):
+            yield entry
+
+
+def _files(raw: str, infos: list[pafs.FileInfo]) -> Iterator[str | InputReject]:
+    """The paths of the files among a listing's entries. A name that is not valid UTF-8 (the
+    tables hold text) is a reject naming its bytes, and the listing goes on."""
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        try:
+            yield info.path
+        except UnicodeDecodeError as err:  # pyarrow decodes the name on reading it
+            yield _undecodable(raw, err.object)
+
+
+def _walk_local(raw: str, root: str) -> Iterator[str | InputReject]:
+    """A local folder's regular files, recursively, in a stable order. Links to folders
+    below it are not followed (a link to ``/etc`` or a loop would list the machine); each
+    is a reject that says how to curate its target. Names go through as bytes, so one that
+    is not UTF-8 becomes a reject, not an error."""
+    for folder, subfolders, files in os.walk(os.fsencode(root), followlinks=False):
+        subfolders.sort()
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                yield InputReject(path.decode("utf-8", errors="backslashreplace"), "input", "source",
+                                  f"a link to a folder, not followed (listed under {raw}); pass its target as an input")
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):  # a device, a socket, a dangling link
+                continue
+            try:
+                yield path.decode("utf-8")
+            except UnicodeDecodeError:
+                yield _undecodable(raw, path)
+
+
+def _undecodable(raw: str, name: bytes) -> InputReject:
+    return InputReject(name.decode("utf-8", errors="backslashreplace"), "input", "source",
+                       f"the file name is not valid UTF-8 (listed under {raw}); rename it to curate it")

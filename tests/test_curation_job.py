@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def _rows(out: Path, name: str, columns: list[str]) -> list[tuple]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
-    return folder, write_sample_corpus(folder, videos=3, seed=0)
+    spec = write_sample_corpus(folder, videos=3, seed=0)
+    # A file name that is not UTF-8 (a Latin-1 upload): one reject, and the run goes on.
+    shutil.copyfile(spec["videos"][0].path, os.fsencode(folder) + "/caf\xe9.mp4".encode("latin-1"))
+    return folder, spec
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +69,8 @@ def test_every_input_is_a_clip_row_or_a_reject(corpus, curated) -> None:
             continue
         assert str(path) in rejects, name
         assert rejects[str(path)][1], name
+    undecodable = rejects[f"{folder}/caf\\xe9.mp4"]
+    assert undecodable[0] == "source" and "not valid UTF-8" in undecodable[1]
     manifest_rows = len(lance.dataset(str(curated / IMAGES)).to_table(columns=["source"])) + sum(
         1 for s, (stage, _) in rejects.items() if stage in ("image", "source")
     )

@@ -67,6 +67,31 @@ def test_sources_expand_folders_globs_manifests_and_sidecars(tmp_path, multishot
     assert reasons[str(tmp_path / "absent")][0] == "source"
 
 
+def test_a_folder_scan_follows_no_folder_links_and_survives_undecodable_names(tmp_path, multishot) -> None:
+    """A link to a folder outside (``/etc`` in the wild) or back up (a loop) is a reject, not
+    a listing of the machine; a file name that is not UTF-8 is a reject naming its bytes; a
+    link to a file is a file."""
+    videos, outside = tmp_path / "videos", tmp_path / "outside"
+    (videos / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "elsewhere.mp4").write_bytes(multishot.path.read_bytes())
+    (videos / "sub" / "a.mp4").write_bytes(multishot.path.read_bytes())
+    (videos / "outside").symlink_to(outside)
+    (videos / "sub" / "loop").symlink_to(videos)
+    (videos / "linked.mp4").symlink_to(outside / "elsewhere.mp4")
+    with open(os.fsencode(videos) + b"/na\xefve.mp4", "wb") as f:  # a Latin-1 name
+        f.write(multishot.path.read_bytes())
+    for inputs in ([str(videos)], [str(videos / "*.mp4")]):
+        items, rejects = expand_inputs(inputs)
+        reasons = {r.source: r.reason for r in rejects}
+        assert "not valid UTF-8" in reasons[f"{videos}/na\\xefve.mp4"]
+        assert str(videos / "linked.mp4") in {i.uri for i in items}
+    items, rejects = expand_inputs([str(videos)])
+    assert sorted(i.uri for i in items) == [str(videos / "linked.mp4"), str(videos / "sub" / "a.mp4")]
+    reasons = {r.source: r.reason for r in rejects}
+    assert "not followed" in reasons[str(videos / "outside")] and "not followed" in reasons[str(videos / "sub" / "loop")]
+
+
 @pytest.mark.parametrize(
     "name, words",
     [
