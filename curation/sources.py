@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 import itertools
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterable, Iterator, Literal, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -104,26 +104,21 @@ def scan_inputs(inputs: list[str]) -> Scan:
     scanned: list[tuple[pafs.FileSystem, str]] = []
     for raw in inputs:
         fs, path = resolve(raw)
-        if any(ch in raw for ch in "*?["):
-            for entry in _glob(fs, raw, path):
-                if isinstance(entry, InputReject):
-                    rejects.append(entry)
-                else:
-                    scanned.append((fs, entry))
-            continue
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.Directory:
+        info = None if any(ch in raw for ch in "*?[") else fs.get_file_info(path)
+        if info is None:
+            listing: Iterable[str | InputReject] = _glob(fs, raw, path)
+        elif info.type == pafs.FileType.Directory:
             listing = (_walk_local(raw, path) if isinstance(fs, pafs.LocalFileSystem)
                        else _files(raw, fs.get_file_info(pafs.FileSelector(path, recursive=True))))
-            for entry in listing:
-                if isinstance(entry, InputReject):
-                    rejects.append(entry)
-                else:
-                    scanned.append((fs, entry))
         elif info.type == pafs.FileType.File:
-            scanned.append((fs, path))
+            listing = [path]
         else:
-            rejects.append(InputReject(raw, "input", "source", "no such file, folder or glob match"))
+            listing = [InputReject(raw, "input", "source", "no such file, folder or glob match")]
+        for entry in listing:
+            if isinstance(entry, InputReject):
+                rejects.append(entry)
+            else:
+                scanned.append((fs, entry))
     listed = {to_uri(fs, path) for fs, path in scanned}
     media: dict[str, MediaItem] = {}
     for fs, path in scanned:
@@ -246,8 +241,9 @@ def _walk_local(raw: str, root: str) -> Iterator[str | InputReject]:
     """A local folder's regular files, recursively, in a stable order. Links to folders
     below it are not followed (a link to ``/etc`` or a loop would list the machine); each
     is a reject that says how to curate its target. Names go through as bytes, so one that
-    is not UTF-8 becomes a reject, not an error."""
-    for folder, subfolders, files in os.walk(os.fsencode(root), followlinks=False):
+    is not UTF-8 becomes a reject, not an error, and so does a folder that cannot be read."""
+    unreadable: list[OSError] = []
+    for folder, subfolders, files in os.walk(os.fsencode(root), onerror=unreadable.append, followlinks=False):
         subfolders.sort()
         for name in subfolders:
             path = os.path.join(folder, name)
@@ -262,6 +258,9 @@ def _walk_local(raw: str, root: str) -> Iterator[str | InputReject]:
                 yield path.decode("utf-8")
             except UnicodeDecodeError:
                 yield _undecodable(raw, path)
+    for err in unreadable:
+        name = os.fsencode(err.filename or root).decode("utf-8", errors="backslashreplace")
+        yield InputReject(name, "input", "source", f"cannot list this folder (under {raw}): {err.strerror}")
 
 
 def _undecodable(raw: str, name: bytes) -> InputReject:

@@ -92,6 +92,24 @@ def test_a_folder_scan_follows_no_folder_links_and_survives_undecodable_names(tm
     assert "not followed" in reasons[str(videos / "outside")] and "not followed" in reasons[str(videos / "sub" / "loop")]
 
 
+def test_a_folder_that_cannot_be_listed_is_a_reject(tmp_path, multishot, monkeypatch) -> None:
+    """Permission denied on a subfolder (injected: these tests run as root, who is never
+    denied) is a reject naming it; the rest of the folder is still curated."""
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "a.mp4").write_bytes(multishot.path.read_bytes())
+    real = os.scandir
+
+    def denied(path):
+        if os.fsencode(path).endswith(b"locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    items, rejects = expand_inputs([str(tmp_path)])
+    assert [i.uri for i in items] == [str(tmp_path / "a.mp4")]
+    assert [(r.source, r.reason.endswith("Permission denied")) for r in rejects] == [(str(tmp_path / "locked"), True)]
+
+
 @pytest.mark.parametrize(
     "name, words",
     [
