@@ -20,7 +20,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -67,12 +67,21 @@ class CatalogSummary:
         return self.shapes.get((frames, fps), 0) + (self.images if frames == 1 else 0)
 
 
+class KeptTable(NamedTuple):
+    """A curated table and its filters: ``kept`` (kept rows matching ``where``), ``draw``
+    (those less the held-out rows: what training may draw) and ``held_out``."""
+
+    ds: Any
+    kept: str
+    draw: str
+    held_out: Optional[str]
+
+
 def _kept_tables(
     data_dir: str | Path, where: Optional[str], val_where: Optional[str], include_val: bool
-) -> dict[str, tuple[Any, str, Optional[str]]]:
-    """Each curated table with the filter of the rows training may draw (kept, matching
-    ``where``, less the held-out rows) and that held-out filter. Every problem (a missing
-    table or column, a filter that does not apply) is a ConfigError naming its key."""
+) -> dict[str, KeptTable]:
+    """Each curated table with its filters. Every problem (a missing table or column, a
+    filter that does not apply) is a ConfigError naming its key."""
     data = Path(data_dir)
     if not (data / CLIPS).exists():
         raise ConfigError(f"--data: {data / CLIPS} does not exist; run `i2vgen curate ... --out {data}` first")
@@ -88,19 +97,18 @@ def _kept_tables(
         for key, sql in (("train.where", where), ("train.val_where", val_where)):
             _check_filter(ds, name, key, sql)
         held_out = None if include_val else val_where or (VAL_ROWS if "split" in ds.schema.names else None)
-        out[name] = (ds, kept + (f" AND ({held_out}) IS NOT TRUE" if held_out else ""), held_out)
+        out[name] = KeptTable(ds, kept, kept + (f" AND ({held_out}) IS NOT TRUE" if held_out else ""), held_out)
     return out
 
 
-def _require_clips(count: int, data_dir: str | Path, where: Optional[str], ds: Any, held_out: Optional[str]) -> None:
+def _require_clips(count: int, data_dir: str | Path, where: Optional[str], clips: KeptTable) -> None:
     """No kept clip is a ConfigError that says which filter took them all."""
     if count:
         return
     message = f"--data: {Path(data_dir) / CLIPS} has no kept rows" + (f" matching {where!r}" if where else "")
-    kept = "keep = true" + (f" AND ({where})" if where else "")
-    validation = ds.count_rows(filter=kept) if held_out else 0
+    validation = clips.ds.count_rows(filter=clips.kept) if clips.held_out else 0
     if validation:
-        message += (f" outside the validation rows: all {validation} match {held_out!r}; "
+        message += (f" outside the validation rows: all {validation} match {clips.held_out!r}; "
                     "lower curation.val_fraction or set train.val_where")
     raise ConfigError(message)
 
@@ -114,10 +122,10 @@ def load_catalog(
     for every row, so the validation loss can read them too). A row where ``val_where`` is
     NULL is a training row. Every problem is a ConfigError before any worker starts."""
     kept = _kept_tables(data_dir, where, val_where, include_val)
-    tables = {name: ds.to_table(columns=CLIP_COLUMNS if name == CLIPS else IMAGE_COLUMNS, filter=condition,
-                                with_row_id=True)
-              for name, (ds, condition, _) in kept.items()}
-    _require_clips(tables[CLIPS].num_rows, data_dir, where, kept[CLIPS][0], kept[CLIPS][2])
+    tables = {name: table.ds.to_table(columns=CLIP_COLUMNS if name == CLIPS else IMAGE_COLUMNS, filter=table.draw,
+                                      with_row_id=True)
+              for name, table in kept.items()}
+    _require_clips(tables[CLIPS].num_rows, data_dir, where, kept[CLIPS])
     return Catalog(tables[CLIPS], tables.get(IMAGES), str(data_dir))
 
 
@@ -126,17 +134,16 @@ def summarize_catalog(data_dir: str | Path, where: Optional[str] = None, val_whe
     ``frame_fps`` column batch by batch, so the driver never holds the rows (its RSS grew
     24 MB more at 10^6 rows than at 10^4: ``benchmarks/training.py --sections plans``)."""
     kept = _kept_tables(data_dir, where, val_where, include_val=False)
-    ds, condition, held_out = kept[CLIPS]
     clips, shapes = 0, {}
-    for batch in ds.to_batches(columns=["frame_fps"], filter=condition):
+    for batch in kept[CLIPS].ds.to_batches(columns=["frame_fps"], filter=kept[CLIPS].draw):
         clips += batch.num_rows
         frames, fps, _ = _flat_pairs(batch.column(0))
         keys, counts = np.unique(frames << 32 | fps, return_counts=True)  # one int per pair: a flat sort
         for key, n in zip(keys.tolist(), counts.tolist()):
             pair = (key >> 32, key & 0xFFFFFFFF)
             shapes[pair] = shapes.get(pair, 0) + n
-    _require_clips(clips, data_dir, where, ds, held_out)
-    images = kept[IMAGES][0].count_rows(filter=kept[IMAGES][1]) if IMAGES in kept else 0
+    _require_clips(clips, data_dir, where, kept[CLIPS])
+    images = kept[IMAGES].ds.count_rows(filter=kept[IMAGES].draw) if IMAGES in kept else 0
     return CatalogSummary(clips, images, shapes)
 
 
