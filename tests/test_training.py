@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -240,7 +241,8 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
     """train.overfit_batches=1 with one sample: every step trains the same clip (rows and
     frames) with fresh noise and timesteps, so the stack (data, encoders, loss, DeepSpeed
     step, EMA, export, sampler) must learn to produce that clip from any noise. Sampled from
-    the clip's first frame with a seed never used in training, the video must match it."""
+    the clip's first frame with a seed never used in training, the video must match it, and
+    match every frame's motion far better than the first frame held still does."""
     import numpy as np
 
     from inference.cascade import Cascade
@@ -266,9 +268,23 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
     cascade = Cascade.from_files(load_config("tiny"), tmp_path / "base.safetensors")
     request = make_request(load_config("tiny"), clip[0], frames=8, fps=8, steps=20, guidance=1.0, seed=987654)
     video = cascade.generate([request])[0]
-    mse = float(np.mean((video.astype(np.float64) - clip.astype(np.float64)) ** 2))
-    psnr = 10 * np.log10(255.0**2 / mse)
-    assert psnr >= 25.0, f"memorised clip regenerated at {psnr:.1f} dB (losses {losses[0]:.3f} -> {losses[-1]:.3f})"
+    # The baseline is the first frame held still: what a model that learned only the image
+    # condition, and none of the clip's motion, would score. This clip moves fast (about 17
+    # grey levels per frame), so that baseline falls from 21.5 to 14.1 dB over its frames.
+    still = np.repeat(clip[:1], len(clip), axis=0)
+    regenerated, held = _psnr(video, clip, axis=(1, 2, 3)), _psnr(still, clip, axis=(1, 2, 3))
+    overall = float(_psnr(video, clip))
+    summary = (f"regenerated at {overall:.1f} dB, per frame {np.round(regenerated, 1).tolist()}; the first frame held "
+               f"still {np.round(held, 1).tolist()} (losses {losses[0]:.3f} -> {losses[-1]:.3f})")
+    assert overall >= 20.0 and overall >= float(_psnr(still, clip)) + 4.0, summary
+    assert np.all(regenerated[1:] >= held[1:] + 3.0), summary  # the motion of every frame was learned
+
+
+def _psnr(video: "np.ndarray", reference: "np.ndarray", axis: Any = None) -> "np.ndarray":
+    import numpy as np
+
+    mse = np.mean((video.astype(np.float64) - reference.astype(np.float64)) ** 2, axis=axis)
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
 
 
 OVERFIT_STEPS = 200
