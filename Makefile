@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
 
 .PHONY: install test test-slow benchmarks demo clean-venv
 

@@ -194,15 +194,14 @@ def two_node_run(root: Path, corpus: Path, single_out: Path, cores: int) -> dict
     """``corpus`` curated again on a local two-node cluster: wall time, the nodes its
     tasks ran on, and whether its tables equal the single-node run's."""
     import lance
-    from ray.util.state import list_nodes, list_tasks
 
     from pipeline.local_cluster import local_cluster
 
     out = root / "out_two_node"
     with local_cluster(root / "cluster_logs", cpus_per_node=max(1, cores // 2)) as cluster:
-        job = run_job(corpus, out, env={**cluster.env, "RAY_ADDRESS": cluster.gcs})
-        tasks = list_tasks(address=cluster.dashboard, detail=True, limit=10_000)
-        nodes = {n.node_id for n in list_nodes(address=cluster.dashboard)}
+        job = run_job(corpus, out, env={**cluster.env, "RAY_ADDRESS": cluster.gcs})  # the env holds its token
+        tasks = cluster.state("tasks", detail=True, limit=10_000)
+        nodes = {n.node_id for n in cluster.state("nodes")}
         used = {t.node_id for t in tasks if t.node_id}
     same = {}
     for name, columns in (("clips.lance", ["clip_id", "keep", "weight", "aesthetic"]),

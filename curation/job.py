@@ -12,26 +12,38 @@ unreferenced files); the next run plans only the sources the tables do not accou
 it ends with the same rows as an uninterrupted run and re-running appends nothing. Then
 ``curation.finalize`` recomputes the decisions over the whole tables and tags the result
 for readers.
+
+Every actor declares its memory to Ray (``curation.worker_memory_mb``,
+``curation.scoring.aesthetic_memory_mb``), and Ray retries a range whose actor died at most
+``curation.max_retries`` times (Ray Data's default is forever: one input that kept killing
+its worker would hold the job for ever). A Ray failure that loses work without saying
+anything about the inputs (``ray_loss``: a worker killed for memory, a node gone, an object
+lost with it) does not fail the job: the driver commits what came back, plans what the
+tables do not account for and runs again, ``curation.max_retries`` times, and then writes
+what is still undone as retryable rejects, which the next run tries again.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import lance
 import ray
 from lance.fragment import FragmentMetadata
+from ray.exceptions import ActorDiedError, NodeDiedError, ObjectLostError, OutOfMemoryError
 from tqdm.auto import tqdm
 
 from curation.finalize import committed, finalize
-from curation.plan import Plan, unit_ranges, write_plan
-from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage
+from curation.plan import Plan, unfinished, unit_ranges, write_plan
+from curation.sandbox import one_line
+from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage, lost_rows, write_fragments
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, init_ray
 from pipeline.tables import CURATED_VERSIONS, REJECTS
@@ -43,6 +55,11 @@ BLOCKS_PER_CPU = 32
 # (Ray Data's default of four let two workers take eight of a small job's ranges).
 RANGES_IN_FLIGHT_PER_WORKER = 2
 SCORER_BATCH_ROWS = 64  # rows per GPU scorer call (a few keyframe JPEGs each)
+MIB = 1 << 20
+# Ray failures that lose work without finding a fault in it (ObjectLostError's subclasses
+# included; a node's death reaches an actor's caller as ActorDiedError).
+LOST_TO_RAY = (OutOfMemoryError, NodeDiedError, ObjectLostError, ActorDiedError)
+Take = Callable[[dict[str, Any]], None]  # what the driver does with each fragment record
 
 
 @dataclass
@@ -133,7 +150,11 @@ def _create_tables(out: Path) -> None:
 
 def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     """The job's dataset: ranges of plan units in (the workers read them), fragment records out."""
-    scoring = config.curation.scoring
+    cfg = config.curation
+    scoring, memory = cfg.scoring, cfg.worker_memory_mb * MIB
+    # Ray 2.60 warns that ray_remote_args are deprecated, but max_task_retries has no named
+    # parameter yet; without it a range whose actor keeps dying is retried forever.
+    retries = cfg.max_retries
     cpus = cluster_cpus()
     # A range per unit while there are few (a few videos spread over all the workers, and
     # each unit's rows are committed as it ends), at most BLOCKS_PER_CPU ranges per core: the
@@ -145,14 +166,27 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     # autoscaling one adds them late).
     files = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
         FileStage, fn_constructor_args=(config, str(plan.path), None if on_gpu else str(out)),
-        batch_size=1, batch_format="pyarrow", num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=min(cpus, len(ranges)),
+        batch_size=1, batch_format="pyarrow", num_cpus=1, memory=memory, max_task_retries=retries,
+        compute=ray.data.ActorPoolStrategy(size=_pool_size(cpus, memory, len(ranges)),
                                            max_tasks_in_flight_per_actor=RANGES_IN_FLIGHT_PER_WORKER))
     if not on_gpu:
         return files
     return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
                              batch_size=SCORER_BATCH_ROWS, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
+                             memory=scoring.aesthetic_memory_mb * MIB, max_task_retries=retries,
                              compute=ray.data.ActorPoolStrategy(size=scoring.aesthetic_actors))
+
+
+def _pool_size(cpus: int, memory: int, ranges: int) -> int:
+    """File workers to start: one per core and per range, and no more than the cluster's
+    memory resource holds at ``memory`` bytes each (one that does not fit would wait for
+    memory all job long)."""
+    wanted = min(cpus, ranges)
+    fits = int(ray.cluster_resources().get("memory", 0) // memory)
+    if fits < wanted:
+        log.warning("the cluster's memory holds %d file worker(s) at curation.worker_memory_mb=%d, not %d",
+                    fits, memory // MIB, wanted)
+    return max(1, min(wanted, fits))
 
 
 def _records(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
@@ -160,11 +194,60 @@ def _records(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
+def ray_loss(err: BaseException) -> Optional[BaseException]:
+    """The Ray failure behind ``err`` (itself, or in its chain: Ray Data wraps what its
+    tasks raise) that lost work without finding a fault in it, or None. An actor that died
+    starting (a broken install) is no loss: like ``CurationCodeError`` it must stop the job."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LOST_TO_RAY) and not getattr(err, "actor_init_failed", False):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _run_plan(plan: Plan, out: Path, config: Config, take: Take, committer: _Committer) -> Optional[BaseException]:
+    """Run the pipeline over ``plan``, each record to ``take``; returns the Ray loss that
+    ended it early, or None once it is done. What came back is committed either way."""
+    try:
+        for record in _records(build_pipeline(plan, out, config)):
+            take(record)
+    except Exception as err:
+        lost = ray_loss(err)
+        if lost is None:
+            raise
+        return lost
+    finally:
+        committer.commit()
+    return None
+
+
+def _work(inputs: list[str], plan: Plan, out: Path, config: Config, take: Take, committer: _Committer) -> None:
+    """Run the plan; after a Ray loss, plan again what the tables do not account for and
+    run that, ``curation.max_retries`` times; then what is still undone becomes retryable
+    rejects naming the loss (planned rejects stay themselves)."""
+    for attempt in itertools.count(1):
+        lost = _run_plan(plan, out, config, take, committer)
+        if lost is None:
+            return
+        if attempt > config.curation.max_retries:
+            reason = f"its Ray worker was lost ({one_line(lost)}); the next run tries it again"
+            for items in unfinished(plan, out):
+                take(write_fragments(lost_rows(items, reason), str(out)).to_pylist()[0])
+            committer.commit()
+            return
+        log.warning("the pipeline lost Ray workers (%s); running what is left again", one_line(lost))
+        plan = write_plan(inputs, out, config.curation)
+        if not plan.units:  # the loss came after the last unit was back
+            return
+
+
 def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: bool = True) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns (and writes) the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = write_plan(inputs, out, config.curation.images_per_task)
+    plan = write_plan(inputs, out, config.curation)
     todo = plan.videos + plan.images
     log.info("%d inputs to do (%d videos; images and input rejects %d) in %d units; %d already curated",
              todo, plan.videos, plan.images, plan.units, plan.skipped)
@@ -179,12 +262,14 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
         context.execution_options.actor_locality_enabled = False
         committer = _Committer(out, config.curation.commit_every_s)
         bar = tqdm(total=todo, desc="curate", unit="file", disable=not progress)
-        for record in _records(build_pipeline(plan, out, config)):
+
+        def take(record: dict[str, Any]) -> None:
             run.add(record)
             committer.add(record)
             bar.update(record["files"])
             bar.set_postfix_str(run.line(), refresh=False)
-        committer.commit()
+
+        _work(inputs, plan, out, config, take, committer)
         bar.close()
     summary = finalize(out, config)
     summary["this_run"] = {**{k: run.counts[k] for k in ("clips", "images", "rejects", "files")},

@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from curation.finalize import committed
 from curation.sources import InputReject, MediaItem, manifest_entries, scan_inputs
+from pipeline.config.schema import CurationConfig
 from pipeline.tables import CLIPS, IMAGES, REJECTS
 
 ITEM = pa.struct(
@@ -60,9 +61,11 @@ class Plan:
 
 class DoneSources:
     """The sources the tables account for, as Arrow arrays (compact, vectorised lookups),
-    and the earlier attempts of those whose last reject was retryable."""
+    and the earlier attempts of those whose last reject was retryable. A retryable reject
+    accounts for its source only with ``every_reject`` (what a lost pipeline left undone is
+    what no table names at all)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, every_reject: bool = False) -> None:
         import lance
 
         done: list[pa.Array] = []
@@ -73,14 +76,18 @@ class DoneSources:
         if committed(out / REJECTS):
             rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["source", "retryable", "attempts"])
             retryable = rejects.column("retryable").fill_null(False)
-            done.append(rejects.filter(pc.invert(retryable)).column("source").combine_chunks())
+            counted = rejects if every_reject else rejects.filter(pc.invert(retryable))
+            done.append(counted.column("source").combine_chunks())
             again = rejects.filter(retryable)
             for source, attempts in zip(again.column("source").to_pylist(), again.column("attempts").to_pylist()):
                 self.retry_attempts[source] = max(attempts or 0, self.retry_attempts.get(source, 0))
         self.sources = pc.unique(pa.concat_arrays(done)) if done else pa.array([], pa.string())
 
-    def mask_new(self, sources: pa.Array) -> pa.Array:
-        return pc.invert(pc.is_in(sources, value_set=self.sources))
+    def fresh(self, items: list[dict]) -> list[dict]:
+        """The planned items whose sources the tables do not account for."""
+        sources = pa.array([i["source"] for i in items], pa.string())
+        new = pc.invert(pc.is_in(sources, value_set=self.sources)).to_pylist()
+        return [item for item, keep in zip(items, new) if keep]
 
 
 class _PlanWriter:
@@ -111,8 +118,7 @@ class _PlanWriter:
     def _flush(self) -> None:
         if not self.items:
             return
-        sources = pa.array([i["source"] for i in self.items], pa.string())
-        fresh = [i for i, new in zip(self.items, self.done.mask_new(sources).to_pylist()) if new]
+        fresh = self.done.fresh(self.items)
         self.plan.skipped += len(self.items) - len(fresh)
         self.items = []
         units = []
@@ -137,18 +143,18 @@ class _PlanWriter:
         self.plan.units += len(units)
 
 
-def write_plan(inputs: list[str], out: Path, images_per_task: int) -> Plan:
+def write_plan(inputs: list[str], out: Path, cfg: CurationConfig) -> Plan:
     """List and stream the inputs into ``out/_plan``; a manifest's entry wins over the same
     file found by a folder scan (it has the caption)."""
-    plan = Plan(out / "_plan", images_per_task)
+    plan = Plan(out / "_plan", cfg.images_per_task)
     shutil.rmtree(plan.folder, ignore_errors=True)
     plan.folder.mkdir(parents=True)
     writer = _PlanWriter(plan, DoneSources(out))
-    scan = scan_inputs(inputs)
+    scan = scan_inputs(inputs, cfg)
     for reject in scan.rejects:
         writer.add(reject)
     for fs, path in scan.manifests:
-        for entry in manifest_entries(fs, path):
+        for entry in manifest_entries(fs, path, scan.roots):
             if isinstance(entry, MediaItem):
                 scan.media.pop(entry.uri, None)
             writer.add(entry)
@@ -181,3 +187,14 @@ def read_units(path: str, start: int, stop: int) -> list[list[dict]]:
         return []
     table = plan.read_row_groups(groups, columns=["items"])
     return table.slice(start - first_row, stop - start).column("items").to_pylist()
+
+
+def unfinished(plan: Plan, out: Path) -> Iterator[list[dict]]:
+    """The plan's items that no table names yet, not even with a retryable reject (what a
+    pipeline that lost its Ray workers left undone), a row group of units at a time."""
+    done = DoneSources(out, every_reject=True)
+    units_per_batch = max(1, FLUSH_ITEMS // plan.images_per_task)
+    for batch in pq.ParquetFile(plan.path).iter_batches(batch_size=units_per_batch, columns=["items"]):
+        items = [item for unit in batch.column("items").to_pylist() for item in unit]
+        if fresh := done.fresh(items):
+            yield fresh

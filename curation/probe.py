@@ -2,11 +2,15 @@
 
 PyAV raises clean exceptions on files that would make other decoders abort or hang, and
 demuxing (no decoding) is cheap, so the probe reads every packet's timestamp: the exact frame
-count, the true frame rate, and whether the frame rate is variable all come from that.
+count, the true frame rate, and whether the frame rate is variable all come from that. The
+caps (``curation.probe.max_pixels``, ``max_frames``, ``max_seconds``) are checked on the
+header and while demuxing, so a huge input is a reject before a frame is decoded, and the
+probe holds at most ``max_frames`` timestamps, 8 bytes each.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -71,17 +75,17 @@ def probe_video(uri: str, cfg: ProbeConfig) -> VideoInfo:
             raise Rejected("probe", f"no video stream ({what})")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
+        check_frame_size(width, height, cfg)
+        time_base = float(stream.time_base or Fraction(1, 1))
+        _check_declared_length(container, stream, time_base, cfg)
         try:
-            pts = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+            pts = _timestamps(container, stream, time_base, cfg)
         except av.error.FFmpegError as err:
             raise Rejected("probe", f"cannot demux ({type(err).__name__}: {err})") from err
         codec = stream.codec_context.name
-        time_base = float(stream.time_base or Fraction(1, 1))
-    if not (cfg.min_side <= min(width, height) and max(width, height) <= cfg.max_side):
-        raise Rejected("probe", f"frame size {width}x{height} is outside {cfg.min_side}..{cfg.max_side} pixels per side")
     if len(pts) < cfg.min_frames:
         raise Rejected("probe", f"only {len(pts)} frame(s); at least {cfg.min_frames} are needed")
-    steps = np.diff(np.sort(np.asarray(pts, dtype=np.float64)))
+    steps = np.diff(np.sort(pts.astype(np.float64)))
     median = float(np.median(steps))
     if median <= 0:
         raise Rejected("probe", "frame timestamps do not increase")
@@ -93,4 +97,41 @@ def probe_video(uri: str, cfg: ProbeConfig) -> VideoInfo:
             f"to {high * time_base * 1000:.1f} ms",
         )
     fps = 1.0 / (median * time_base)
-    return VideoInfo(width, height, fps, len(pts), codec, int(min(pts)), median)
+    return VideoInfo(width, height, fps, len(pts), codec, int(pts.min()), median)
+
+
+def check_frame_size(width: int, height: int, cfg: ProbeConfig, stage: str = "probe") -> None:
+    """Reject a frame size outside the side limits or over the pixel cap; read from the
+    header, so nothing is decoded first (videos and images alike)."""
+    if not (cfg.min_side <= min(width, height) and max(width, height) <= cfg.max_side):
+        raise Rejected(stage, f"frame size {width}x{height} is outside {cfg.min_side}..{cfg.max_side} pixels per side")
+    if width * height > cfg.max_pixels:
+        raise Rejected(stage, f"frame size {width}x{height} is over curation.probe.max_pixels={cfg.max_pixels}")
+
+
+def _check_declared_length(container: Any, stream: Any, time_base: float, cfg: ProbeConfig) -> None:
+    """Reject a header that declares more frames or seconds than the caps, before a packet
+    is read (a header that says nothing is checked while demuxing)."""
+    seconds = stream.duration * time_base if stream.duration else (container.duration or 0) / av.time_base
+    _cap(stream.frames, cfg.max_frames, f"the header's frame count ({stream.frames})", "max_frames")
+    _cap(seconds, cfg.max_seconds, f"the header's duration ({seconds:.0f} s)", "max_seconds")
+
+
+def _timestamps(container: Any, stream: Any, time_base: float, cfg: ProbeConfig) -> np.ndarray:
+    """Every frame's timestamp, demuxed (no decoding), in an int64 array; a reject as soon
+    as they pass ``max_frames`` or span more than ``max_seconds``."""
+    pts, first = array("q"), None
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.pts is None:
+            continue
+        pts.append(packet.pts)
+        first = packet.pts if first is None else min(first, packet.pts)
+        _cap(len(pts), cfg.max_frames, "its frame count", "max_frames")
+        _cap((packet.pts - first) * time_base, cfg.max_seconds, "its timestamps' span", "max_seconds")
+    return np.frombuffer(pts, dtype=np.int64)
+
+
+def _cap(value: float, cap: float, what: str, key: str) -> None:
+    """A probe reject when ``value`` passes ``cap``, naming the key that sets it."""
+    if value > cap:
+        raise Rejected("probe", f"{what} is over curation.probe.{key}={cap}")

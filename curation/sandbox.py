@@ -106,18 +106,19 @@ def _work_on(item: MediaItem, work: Work, config: Config) -> Any:
     except Rejected as rejected:
         return _Failure(rejected.stage, rejected.reason, transient=False, retryable=False)
     except av.error.FFmpegError as err:  # the bytes, not the storage: terminal
-        return _Failure("decode", _one_line(err), transient=False, retryable=False)
+        return _Failure("decode", one_line(err), transient=False, retryable=False)
     except OSError as err:
         absent = isinstance(err, ABSENT)
-        return _Failure("read", _one_line(err), transient=not absent, retryable=not absent)
+        return _Failure("read", one_line(err), transient=not absent, retryable=not absent)
     except CODE_ERRORS:
         return _CodeError(traceback.format_exc())
     except Exception as err:  # a defect on this input: reported with its traceback, job goes on
         log.error("curation defect on %s:\n%s", item.uri, traceback.format_exc())
-        return _Failure("worker", _one_line(err), transient=False, retryable=True)
+        return _Failure("worker", one_line(err), transient=False, retryable=True)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error as a reject's reason: its type and the first line of its message."""
     text = str(err).splitlines()[0][:300] if str(err) else ""
     return f"{type(err).__name__}: {text}"
 

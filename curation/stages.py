@@ -102,11 +102,7 @@ class FileStage:
         worked = iter(self.sandbox.run_all([(_item(p), p["attempts"] or 0) for p in to_work]))
         rows: list[dict[str, Any]] = []
         for planned in unit:
-            if planned["reject_stage"] is not None:
-                outcome = Outcome([], reject=(planned["reject_stage"], planned["reject_reason"]))
-            else:
-                outcome = next(worked)
-            rows += _outcome_rows(planned, outcome)
+            rows += _outcome_rows(planned, _planned_reject(planned) or next(worked))
         return rows
 
     def __del__(self) -> None:
@@ -118,6 +114,24 @@ def _scorer(config: Config, device: str) -> Any:
 
     scoring = config.curation.scoring
     return build_aesthetic_scorer(scoring.aesthetic_head, scoring.aesthetic_clip, device)
+
+
+def _planned_reject(planned: dict[str, Any]) -> Optional[Outcome]:
+    """The outcome of an input the plan rejects already (a missing path, an unusable
+    manifest row), or None for one to work on."""
+    if planned["reject_stage"] is None:
+        return None
+    return Outcome([], reject=(planned["reject_stage"], planned["reject_reason"]))
+
+
+def lost_rows(items: list[dict[str, Any]], reason: str) -> pa.Table:
+    """Staged reject rows for planned items whose work was lost with its Ray worker: each a
+    retryable ``worker`` reject (the next run tries it again), a planned reject as itself."""
+    rows: list[dict[str, Any]] = []
+    for planned in items:
+        lost = Outcome([], reject=("worker", reason), retryable=True, attempts=(planned["attempts"] or 0) + 1)
+        rows += _outcome_rows(planned, _planned_reject(planned) or lost)
+    return _staged(rows)
 
 
 def _outcome_rows(planned: dict[str, Any], outcome: Outcome) -> list[dict[str, Any]]:

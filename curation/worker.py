@@ -20,7 +20,7 @@ from curation.analysis import analysis_size, iter_segments
 from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.keyframes import encode_jpeg
 from curation.media import encode_clips, storage_size
-from curation.probe import Rejected, probe_video
+from curation.probe import Rejected, check_frame_size, probe_video
 from curation.scorers.subject import subject_share
 from curation.sources import MediaItem, read_bytes, read_caption, resolve
 from curation.split import clip_from_segment
@@ -110,14 +110,12 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
         raise Rejected("image", "empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_frame_size(img.width, img.height, config.curation.probe, "image")  # the header's: nothing decoded yet
             img.load()
             rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         raise Rejected("image", f"not a readable image ({err})") from err
     height, width = rgb.shape[:2]
-    probe = config.curation.probe
-    if not (probe.min_side <= min(width, height) and max(width, height) <= probe.max_side):
-        raise Rejected("image", f"size {width}x{height} is outside {probe.min_side}..{probe.max_side} pixels per side")
     small_size = analysis_size(width, height, config.curation.shots.analysis_width)
     small = np.asarray(Image.fromarray(rgb).resize(small_size, Image.BILINEAR))
     thumb = encode_jpeg(small)

@@ -58,16 +58,27 @@ def refiner_seed(seed: int) -> int:
 
 
 def crop_wide(image: np.ndarray, width: int, height: int) -> Image.Image:
-    """VGen's ``CenterCropWide``: scale (box filter) so the image just covers
-    ``width x height``, then cut out the centre. The released model saw its conditions
+    """VGen's ``CenterCropWide``: the centre of the image that, scaled with a box filter,
+    just covers ``width x height``. The released model saw its conditions
     prepared this way, so it is how its base stage prepares them here. It is deliberately
     not ``pipeline.frames``' crop-and-resize, which the paper architecture trains and samples
     with: this one must match the published weights, not our training."""
     pil = Image.fromarray(image)
     scale = min(pil.width / width, pil.height / height)
-    pil = pil.resize((round(pil.width // scale), round(pil.height // scale)), Image.Resampling.BOX)
-    left, top = (pil.width - width) // 2, (pil.height - height) // 2
-    return pil.crop((left, top, left + width, top + height))
+    scaled_w, scaled_h = round(pil.width // scale), round(pil.height // scale)  # VGen's size
+    # VGen scales the whole image, then crops. The crop's pixels are the same when only
+    # its box is cut from the source and scaled (each output pixel averages the same source
+    # span), and a very elongated image then never becomes a huge allocation.
+    left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
+    # Output pixels inside VGen's scaled image (its floor division can leave it a pixel short
+    # of the target, and its crop then pads black there, as here).
+    x0, y0 = max(0, -left), max(0, -top)
+    x1, y1 = min(width, scaled_w - left), min(height, scaled_h - top)
+    sx, sy = pil.width / scaled_w, pil.height / scaled_h
+    box = ((left + x0) * sx, (top + y0) * sy, (left + x1) * sx, (top + y1) * sy)
+    out = Image.new("RGB", (width, height))
+    out.paste(pil.resize((x1 - x0, y1 - y0), Image.Resampling.BOX, box=box), (x0, y0))
+    return out
 
 
 def pil_tensor(image: Image.Image) -> torch.Tensor:

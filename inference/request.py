@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, ServingConfig
 from pipeline.diffusion.samplers import SAMPLERS
 
 
@@ -55,20 +55,36 @@ class GenerationRequest:
         return (self.frames, self.sampler, self.steps, self.refine_from)
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """RGB pixels of an uploaded image, checking its size before decoding any pixels."""
+# Formats an upload may be: what Pillow would otherwise also open includes EPS (which runs
+# Ghostscript), PSD, TIFF and dozens more decoders no caller needs.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def decode_image(data: bytes, limits: ServingConfig, max_bytes: Optional[int] = None) -> np.ndarray:
+    """RGB pixels of an uploaded image. Its bytes, format, sides, aspect ratio and pixel
+    count are checked on the header, before any pixel is decoded: a small file can claim a
+    huge image (a decompression bomb), and a very thin one turns into a huge allocation
+    once it is scaled to cover the model's frame."""
+    max_bytes = limits.max_upload_bytes if max_bytes is None else max_bytes
     if len(data) > max_bytes:
         raise TooLargeError(f"image: {len(data)} bytes is over the limit of {max_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+    except Image.DecompressionBombError as err:  # Pillow's own bound, before ours
+        raise TooLargeError(f"image: {err}") from err
     except (UnidentifiedImageError, OSError) as err:
-        raise ImageError(f"image: not a decodable image ({err})") from err
+        raise ImageError(f"image: not a decodable image; PNG, JPEG and WebP are read ({err})") from err
     width, height = image.size
-    if width * height > max_pixels:
-        raise TooLargeError(f"image: {width}x{height} pixels is over the limit of {max_pixels}")
+    if max(width, height) > limits.max_image_side:
+        raise TooLargeError(f"image: {width}x{height} has a side over the limit of {limits.max_image_side}")
+    if width * height > limits.max_image_pixels:
+        raise TooLargeError(f"image: {width}x{height} pixels is over the limit of {limits.max_image_pixels}")
+    if max(width, height) > limits.max_aspect_ratio * max(1, min(width, height)):
+        raise TooLargeError(f"image: {width}x{height} is more elongated than the limit of "
+                            f"{limits.max_aspect_ratio:g}:1 (serving.max_aspect_ratio)")
     try:
         return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:  # a valid header over damaged data
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # a valid header over damaged data
         raise ImageError(f"image: not a decodable image ({type(err).__name__}: {err})") from err
 
 

@@ -60,7 +60,8 @@ def cmd_curate(args: argparse.Namespace) -> int:
         raise SystemExit("i2vgen curate: --out DIR is required")
     from curation.job import curate
 
-    summary = curate(args.inputs, args.out, _config_from(args), progress=not args.quiet)
+    overrides = args.set + (["curation.follow_symlinks=true"] if args.follow_symlinks else [])
+    summary = curate(args.inputs, args.out, load_config(args.preset, args.config, overrides), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -76,6 +77,7 @@ def _curate_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from training.job import TrainingStopped, train
+    from training.manifest import CheckpointRefused
 
     overrides = list(args.set)
     for flag, key in (("workers", "workers"), ("zero_stage", "zero_stage"), ("max_steps", "max_steps"),
@@ -88,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.preset, args.config, overrides)
     try:
         summary = train(config, args.stage, args.data, args.run, args.init, args.allow_config_change)
-    except TrainingStopped as err:
+    except (TrainingStopped, CheckpointRefused) as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, default=str))
@@ -145,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = _config_from(args)
     data = Path(args.image).read_bytes()
     try:
-        pixels = decode_image(data, len(data), config.serving.max_image_pixels)
+        pixels = decode_image(data, config.serving, max_bytes=len(data))  # a local file: any size on disk
         request = make_request(config, pixels, args.prompt, args.frames, args.fps, args.steps, args.guidance,
                                args.sampler, args.seed, args.tr)
     except (ImageError, TooLargeError) as err:
@@ -249,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("inputs", nargs="+", help="files, folders, globs, manifests (CSV/JSONL/Parquet); or 'report DIR'")
     curate.add_argument("--out", help="output folder for clips.lance, images.lance, rejects.lance")
     curate.add_argument("--quiet", action="store_true", help="no progress bar")
+    curate.add_argument("--follow-symlinks", action="store_true",
+                        help="follow links to folders in folder scans and ** globs (curation.follow_symlinks)")
     _add_config_args(curate, default_preset="paper")  # buckets for the paper's frame sizes
     curate.set_defaults(func=cmd_curate)
 

@@ -6,11 +6,19 @@ the cluster path before they have one.
 Every port is chosen free, so the cluster never collides with the caller's own Ray or with
 another cluster, and each node runs in its own process group: leaving the context stops
 the nodes and all their workers, and nothing else.
+
+The cluster requires Ray's token authentication with a token of its own (nothing is
+written to ``~/.ray``), unless the caller's environment chose a mode itself (the test
+suite turns it off). Ray 2.60 turns a head node's auth on when it finds a token, but not a
+worker node's, nor a driver's that joins by address, so the nodes and ``LocalCluster.env``
+carry the mode as well as the token; ``LocalCluster.state`` and ``headers`` authenticate
+the caller's own requests to the dashboard.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 120.0
@@ -31,7 +39,21 @@ START_TIMEOUT_S = 120.0
 class LocalCluster:
     dashboard: str  # http://127.0.0.1:port: ``ray job submit --address``, the state API
     gcs: str  # 127.0.0.1:port: ``RAY_ADDRESS`` for a driver that joins the cluster
-    env: dict[str, str]  # the environment the nodes run in (PATH reaches this interpreter)
+    env: dict[str, str]  # the nodes' environment (PATH reaches this interpreter; the token): a driver's too
+    token: str  # the cluster's authentication token
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that authenticate a request to the dashboard (jobs, state API)."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def state(self, resource: str, **options: Any) -> list:
+        """``ray.util.state.list_<resource>(**options)`` for this cluster ("nodes", "tasks",
+        ...), authenticated with its token whatever auth mode this process runs in."""
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        client = StateApiClient(address=self.dashboard, headers=self.headers())
+        return client.list(StateResource(resource), options=ListApiOptions(**options), raise_on_missing_output=True)
 
 
 def free_ports(count: int) -> list[int]:
@@ -88,23 +110,24 @@ def _wait_for(ready: Callable[[], bool], log: Path) -> None:
 def local_cluster(logs: Path, cpus_per_node: int = 2, worker_resources: str = "{}") -> Iterator[LocalCluster]:
     """A head and one worker node, ``cpus_per_node`` CPUs each; the worker node also has the
     custom resources in ``worker_resources`` (JSON). Node logs go to ``logs``."""
-    from ray.util.state import list_nodes
-
     logs.mkdir(parents=True, exist_ok=True)
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     gcs, dashboard, client = free_ports(3)
+    token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # a job's `python`
+    env.setdefault("RAY_AUTH_MODE", "token")
+    env["RAY_AUTH_TOKEN"] = token
     started = [_start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
                        f"--num-cpus={cpus_per_node}", f"--temp-dir={temp_dir}"], env, logs / "head.log")]
-    cluster = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env)
+    cluster = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, token)
     try:
-        _wait_for(lambda: len(list_nodes(address=cluster.dashboard)) >= 1, logs / "head.log")
+        _wait_for(lambda: len(cluster.state("nodes")) >= 1, logs / "head.log")
         started.append(_start([f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
                                f"--num-cpus={cpus_per_node}", f"--resources={worker_resources}"],
                               env, logs / "worker.log"))
-        _wait_for(lambda: sum(n.state == "ALIVE" for n in list_nodes(address=cluster.dashboard)) == 2,
+        _wait_for(lambda: sum(n.state == "ALIVE" for n in cluster.state("nodes")) == 2,
                   logs / "worker.log")
         yield cluster
     finally:

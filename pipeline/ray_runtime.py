@@ -2,6 +2,10 @@
 
 Every stage calls ``init_ray()``; on a laptop it starts the embedded local cluster, under
 ``ray job submit`` it joins the job's cluster, and it is a no-op when Ray is already up.
+
+Authentication is Ray's: a new embedded cluster requires a token (Ray 2.60's default for
+``ray.init``, which creates ``~/.ray/auth_token`` on first use), and a driver started by
+``ray job submit`` inherits its cluster's mode and token. Nothing here turns it off.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ WORKER_ENV = {"LANCE_CPU_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARAL
 
 
 def init_ray(num_cpus: Optional[int] = None) -> None:
+    """Join ``RAY_ADDRESS``'s cluster, or start an embedded one with ``num_cpus`` CPUs."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return

@@ -6,7 +6,9 @@ import contextlib
 import io
 import os
 import socket
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,10 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's own choice, inherited by every CLI and `ray start` it spawns: its embedded
+# clusters write no token into the developer's ~/.ray and print no auth warning. Nothing
+# outside tests/ turns auth off (tests/test_cluster_manifests.py greps for it); the token
+# paths have their own test (tests/test_cluster_submit.py), which removes this first.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -97,3 +103,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header claims ``width x height`` (its CRC made right again)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def thin_png() -> bytes:
+    """1,000,000 x 16 pixels in about 50 KB: under the byte and pixel limits."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 1_000_000, 3), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -5,13 +5,18 @@ a node start (or a GPU hour), so these tests catch here what would fail there: Y
 does not parse, fields the cluster launcher, KubeRay or Ray Serve require, a Ray version
 other than the installed one, a ``python -m pipeline`` command the CLI would refuse, an
 ``import_path`` that does not import, and shell operators that would run in the wrong place.
+Also what keeps the clusters closed: token auth on every cluster, no dashboard on a public
+address, the head's own IAM policy, the NetworkPolicy, and no file outside tests/ that turns
+Ray's authentication off.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -31,7 +36,10 @@ SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 EXPECTED_FILES = {
     "cluster.yaml", "runtime_env.yaml", "kuberay/pvc.yaml", "kuberay/raycluster.yaml",
     "kuberay/rayjob-curation.yaml", "kuberay/rayjob-training.yaml", "kuberay/rayservice.yaml",
+    "kuberay/networkpolicy.yaml",
 }
+HEAD_POLICY = CLUSTERS / "aws" / "head-policy.json"
+HEAD_PORTS = {6379, 8265, 10001, 8000}  # GCS, dashboard and job API, Ray Client, Serve
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -124,8 +132,8 @@ def test_cluster_launcher_config_has_what_ray_up_requires() -> None:
     for name, node_type in types.items():
         if node_type["resources"].get("GPU"):
             assert node_type.get("docker", {}).get("worker_image", "").endswith("-gpu"), f"{name}: GPU needs the -gpu image"
-    # The repository is synced to every node and installed there.
-    assert config["file_mounts"] == {"~/i2vgen": "."}
+    # The repository is synced to every node and installed there, and so is the token.
+    assert config["file_mounts"] == {"~/i2vgen": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
     assert any("pip install" in c and "-e ~/i2vgen" in c for c in config["setup_commands"])
 
 
@@ -409,3 +417,78 @@ def test_runtime_env_file_is_valid_and_uploads_only_code() -> None:
     for prefix in (".venv/", ".git/", "runs/", "data/", "benchmarks/results/"):
         assert not any(n.startswith(prefix) for n in names), f"{prefix} would be uploaded"
     assert not any(".lance/" in n for n in names)
+
+
+# ------------------------------------------------------------------------------ authentication
+
+
+def test_every_kuberay_cluster_requires_a_token() -> None:
+    for path, doc in kuberay_documents():
+        assert cluster_spec(doc).get("authOptions") == {"mode": "token"}, f"{path.name}: authOptions.mode token"
+
+
+def test_the_launcher_cluster_requires_a_token_and_keeps_its_dashboard_local() -> None:
+    config = documents(CLUSTERS / "cluster.yaml")[0]
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]  # every container, every node
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in json.dumps(config)
+
+
+def test_the_head_has_its_own_least_privilege_profile() -> None:
+    """Not Ray's default ray-autoscaler-v1 (EC2 and S3 full access): describe, launch
+    instances tagged for this cluster, and tag or terminate only those."""
+    config = documents(CLUSTERS / "cluster.yaml")[0]
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    assert head["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    statements = json.loads(HEAD_POLICY.read_text())["Statement"]
+    actions = {a for s in statements for a in _actions(s)}
+    assert not any(a == "*" or a.endswith(":*") for a in actions), "no wildcard actions"
+    assert {a.split(":")[0] for a in actions} == {"ec2"}  # no S3, no IAM (workers get no role to pass)
+    writes = [s for s in statements if not all(a.startswith("ec2:Describe") for a in _actions(s))]
+    tag = {"ec2:ResourceTag/ray-cluster-name": config["cluster_name"]}
+    for statement in writes:
+        instances = statement["Resource"] == "arn:aws:ec2:us-west-2:*:instance/*"
+        assert not instances or statement.get("Condition"), f"{statement['Sid']}: instances need a condition"
+    (terminate,) = [s for s in writes if "ec2:TerminateInstances" in s["Action"]]
+    assert terminate["Condition"]["StringEquals"] == tag
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    return [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+
+
+def test_the_network_policy_covers_every_ray_pod_and_opens_the_head_ports_to_few() -> None:
+    (policy,) = documents(KUBERAY / "networkpolicy.yaml")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [value for _, doc in kuberay_documents()
+                 for _, key, value in walk(cluster_spec(doc)) if key == "template"]
+    assert len(templates) == 10  # 4 RayCluster groups, 2 per RayJob, 2 for the RayService
+    for template in templates:
+        labels = template.get("metadata", {}).get("labels", {})
+        assert selected.items() <= labels.items(), "a Ray pod the policy does not select"
+    own, *others = policy["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": selected}}]}  # the clusters' own pods, any port
+    for rule in others:
+        assert {p["port"] for p in rule["ports"]} <= HEAD_PORTS
+    jobs = {doc["metadata"]["name"] for _, doc in kuberay_documents() if doc["kind"] == "RayJob"}
+    submitters = [expression for rule in others for peer in rule["from"]
+                  for expression in peer.get("podSelector", {}).get("matchExpressions", [])]
+    assert [set(e["values"]) for e in submitters if e["key"] == "job-name"] == [jobs]
+
+
+def test_nothing_outside_the_tests_turns_ray_authentication_off() -> None:
+    """Every file git has or would add outside tests/ (code, Makefile, benchmarks, demo,
+    manifests, docs) names the auth mode only to ask for tokens, where Ray 2.60 needs it
+    said: worker nodes and drivers that join by address. Only the test suite turns it off."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    mentions = [(f"{name}:{number}", line.strip()) for name in names if not name.startswith("tests/")
+                and (ROOT / name).is_file()
+                for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+                if "RAY_AUTH_MODE" in line]
+    assert any(where.startswith("clusters/cluster.yaml") for where, _ in mentions)  # the search reads them
+    wrong = [(where, line) for where, line in mentions
+             if not re.search(r"RAY_AUTH_MODE\W{1,4}token\b", line) or "disabled" in line]
+    assert not wrong, f"only tests/ may choose another auth mode: {wrong}"
+    assert "RAY_AUTH_MODE" not in (ROOT / "Makefile").read_text()

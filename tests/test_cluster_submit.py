@@ -62,3 +62,28 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     for name, columns in (("clips.lance", ["clip_id", "keep", "weight"]), ("rejects.lance", ["source", "stage"])):
         here, there = (lance.dataset(str(d / name)).to_table(columns=columns).to_pylist() for d in (local, out))
         assert sorted(map(str, here)) == sorted(map(str, there)), name
+
+
+@pytest.mark.slow
+def test_outside_the_test_suite_a_local_cluster_requires_its_token(tmp_path, monkeypatch) -> None:
+    """With no auth mode chosen, as in the product, the cluster runs with token auth: a job
+    submitted without its token is refused, one with it runs, and so does a driver that
+    joins by address with the cluster's environment; the caller's state API calls carry it."""
+    from ray.exceptions import AuthenticationError
+    from ray.util.state import list_nodes
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with local_cluster(tmp_path / "logs", cpus_per_node=1) as cluster:
+        outsider = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        job = [RAY, "job", "submit", "--address", cluster.dashboard, "--", "python", "-c", "print('the job ran')"]
+        refused = subprocess.run(job, env=outsider, capture_output=True, text=True, timeout=300)
+        assert refused.returncode != 0 and "Authentication required" in refused.stdout + refused.stderr
+        ran = subprocess.run(job, env=cluster.env, capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0 and "the job ran" in ran.stdout, ran.stdout[-2000:] + ran.stderr[-2000:]
+        driver = [sys.executable, "-c", "import ray; ray.init(); print('cpus', int(ray.cluster_resources()['CPU']))"]
+        joined = subprocess.run(driver, env={**cluster.env, "RAY_ADDRESS": cluster.gcs}, capture_output=True,
+                                text=True, timeout=300)
+        assert "cpus 2" in joined.stdout, joined.stderr[-3000:]
+        assert len(cluster.state("nodes")) == 2
+        with pytest.raises(AuthenticationError):
+            list_nodes(address=cluster.dashboard)  # this process holds no token of its own

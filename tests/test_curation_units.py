@@ -3,22 +3,26 @@ decisions, and the task runner's handling of hung and crashing workers."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from curation.analysis import iter_segments
 from curation.buckets import aspect_bucket, frame_fps_pairs
 from curation.decisions import balancing_weights, keep_and_reasons
-from curation.probe import Rejected, probe_video
-from curation.sources import MediaItem, expand_inputs, read_caption
+from curation.probe import Rejected, _timestamps, probe_video
+from curation.sources import MediaItem, expand_inputs, media_kind, read_caption
 from curation.split import clip_from_segment
 from curation.synthetic import ShotSpec, write_broken_files, write_video
 from curation.worker import process_item
@@ -107,7 +111,131 @@ def test_a_folder_that_cannot_be_listed_is_a_reject(tmp_path, multishot, monkeyp
     monkeypatch.setattr(os, "scandir", denied)
     items, rejects = expand_inputs([str(tmp_path)])
     assert [i.uri for i in items] == [str(tmp_path / "a.mp4")]
-    assert [(r.source, r.reason.endswith("Permission denied")) for r in rejects] == [(str(tmp_path / "locked"), True)]
+    assert [(r.source, r.reason.startswith("cannot list this folder: Permission denied")) for r in rejects] == [
+        (str(tmp_path / "locked"), True)]
+
+
+def _folder_with_links(root: Path, video: Path) -> Path:
+    """videos/{sub/a.mp4, sub/loop -> videos, again -> outside, outside -> outside}, and
+    outside/elsewhere.mp4 beside it: a loop back up and two links to one folder."""
+    videos, outside = root / "videos", root / "outside"
+    (videos / "sub").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copyfile(video, outside / "elsewhere.mp4")
+    shutil.copyfile(video, videos / "sub" / "a.mp4")
+    (videos / "sub" / "loop").symlink_to(videos)
+    (videos / "again").symlink_to(outside)
+    (videos / "outside").symlink_to(outside)
+    return videos
+
+
+def test_follow_symlinks_lists_each_real_folder_once(tmp_path, multishot) -> None:
+    """With curation.follow_symlinks a folder scan and a ``**`` glob go through links, but
+    list each real folder once: the loop and the second link are rejects naming them."""
+    videos = _folder_with_links(tmp_path, multishot.path)
+    follow = load_config("tiny", overrides=["curation.follow_symlinks=true"]).curation
+    for inputs in ([str(videos)], [str(videos / "**" / "*.mp4")]):
+        items, rejects = expand_inputs(inputs, follow)
+        assert [i.uri for i in items] == [str(videos / "again" / "elsewhere.mp4"), str(videos / "sub" / "a.mp4")]
+        reasons = {r.source: r.reason for r in rejects}
+        assert sorted(reasons) == [str(videos / "outside"), str(videos / "sub" / "loop")], inputs
+        assert all("listed already" in reason for reason in reasons.values())
+    items, rejects = expand_inputs([str(videos / "**" / "*.mp4")])  # without: a glob follows no link either
+    assert [i.uri for i in items] == [str(videos / "sub" / "a.mp4")]
+    assert all("not followed" in r.reason for r in rejects) and len(rejects) == 3
+
+
+def test_local_globs_match_as_glob_does(tmp_path) -> None:
+    """Local globs are matched while walking (so they obey the link rules) and must match
+    what ``glob.glob(recursive=True)`` matches on a tree without links, hidden names included."""
+    for name in ("a.mp4", "b.png", ".hidden.mp4", "x/c.mp4", "x/y/d.mp4", "x/.h/e.mp4", "z/f.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    for pattern in ("*.mp4", "**/*.mp4", "x/**", "*/c.mp4", "x/*/*.mp4", "**/.h/*", "[ab].*", "x/**/d.mp4", ".*"):
+        expected = sorted(m for m in glob.glob(str(tmp_path / pattern), recursive=True) if os.path.isfile(m))
+        items, _ = expand_inputs([str(tmp_path / pattern)], load_config("tiny").curation)
+        media = sorted(m for m in expected if media_kind(m))
+        assert [i.uri for i in items] == media, pattern
+
+
+def test_manifest_rows_stay_inside_the_allowed_roots(tmp_path) -> None:
+    """A manifest row may name only the allowed roots and the inputs' own; a query string
+    (which pyarrow reads as filesystem options) is refused wherever it points."""
+    inside, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    inside.mkdir()
+    elsewhere.mkdir()
+    rows = ["ok.png", "../elsewhere/up.png", str(elsewhere / "abs.png"), f"file://{elsewhere}/f.png",
+            "s3://bucket/k.mp4", "s3://bucket-evil/k.mp4", "S3://bucket/../other/k.mp4",
+            "s3://bucket/k.mp4?scheme=http&endpoint_override=127.0.0.1:9", "gs://bucket/k?region=x.mp4"]
+    pq.write_table(pa.table({"path": rows}), inside / "m.parquet")
+    narrow = load_config("tiny", overrides=['curation.allowed_roots=["s3://bucket"]']).curation
+    items, rejects = expand_inputs([str(inside / "m.parquet")], narrow)
+    assert [i.uri for i in items] == [str(inside / "ok.png"), "s3://bucket/k.mp4"]
+    reasons = {r.source: r.reason for r in rejects}
+    for source in (f"{inside}/../elsewhere/up.png", *rows[2:4], *rows[5:7]):
+        assert "outside the allowed roots" in reasons[source], source
+    for source in rows[-2:]:
+        assert "query string" in reasons[source], source
+    items, rejects = expand_inputs([str(inside / "m.parquet")])  # the default: "/" and the inputs' roots
+    assert len(items) == 4 and sum("outside the allowed roots" in r.reason for r in rejects) == 3
+
+
+def test_probe_caps_reject_huge_videos_before_decoding(tmp_path) -> None:
+    """Frames, seconds and pixels are capped from the header when it tells, else while
+    demuxing, so the probe never holds more than max_frames timestamps."""
+    shots = [ShotSpec("pan", 48, seed=1)]
+    mp4, mkv = write_video(tmp_path / "v.mp4", shots), write_video(tmp_path / "v.mkv", shots)  # mkv: no frame count
+    cases = [(mp4, ProbeConfig(max_frames=40), "the header's frame count (48) is over curation.probe.max_frames=40"),
+             (mkv, ProbeConfig(max_frames=40), "its frame count is over curation.probe.max_frames=40"),
+             (mp4, ProbeConfig(max_seconds=1.5), "the header's duration (2 s) is over curation.probe.max_seconds=1.5"),
+             (mp4, ProbeConfig(max_pixels=320 * 180 - 1), "frame size 320x180 is over curation.probe.max_pixels")]
+    for video, cfg, words in cases:
+        with pytest.raises(Rejected) as err:
+            probe_video(str(video.path), cfg)
+        assert err.value.stage == "probe" and words in err.value.reason
+    assert probe_video(str(mkv.path), ProbeConfig(max_frames=48, max_seconds=2.0)).num_frames == 48
+    with av.open(str(mkv.path)) as container:  # a header that claims nothing: the demuxed timestamps' span
+        stream = container.streams.video[0]
+        with pytest.raises(Rejected, match="its timestamps' span is over curation.probe.max_seconds=1.5"):
+            _timestamps(container, stream, float(stream.time_base), ProbeConfig(max_seconds=1.5))
+
+
+def test_images_over_the_pixel_cap_are_rejected_before_decoding(tmp_path) -> None:
+    config = load_config("tiny")
+    Image.new("1", (8000, 8000)).save(tmp_path / "big.png")  # 64 M pixels: over max_pixels, under PIL's bomb limit
+    Image.new("1", (14000, 14000)).save(tmp_path / "bomb.png")  # over PIL's decompression-bomb limit
+    for name, words in (("big.png", "is over curation.probe.max_pixels"), ("bomb.png", "decompression bomb")):
+        with pytest.raises(Rejected) as err:
+            process_item(MediaItem(str(tmp_path / name), "image"), config)
+        assert err.value.stage == "image" and words in err.value.reason, name
+
+
+def test_ray_losses_are_told_from_faults() -> None:
+    """Which Ray failures become retryable rejects (``curation.job.ray_loss``): a worker
+    killed for memory, a node gone, an object lost, an actor dead at work; found through
+    the wrapping Ray Data adds. A dead actor's constructor, or our code's error, is no loss."""
+    from ray.exceptions import ActorDiedError, NodeDiedError, ObjectLostError, OutOfMemoryError, RayTaskError
+
+    from curation.job import ray_loss
+    from curation.sandbox import CurationCodeError
+
+    def wrapped(err: BaseException) -> BaseException:
+        try:
+            raise err
+        except BaseException:
+            try:
+                raise RuntimeError("dataset execution failed")
+            except RuntimeError as outer:
+                return outer
+
+    oom = OutOfMemoryError("Task was killed due to the node running low on memory.")
+    lost = [oom, NodeDiedError("node 10.0.0.2 died"), ObjectLostError("ab" * 14, None, ""), ActorDiedError(),
+            RayTaskError("FileStage.__call__", "tb", oom).as_instanceof_cause()]
+    for err in lost:
+        assert ray_loss(err) is err and ray_loss(wrapped(err)) is err
+    init_failed = ActorDiedError(RayTaskError("FileStage.__init__", "tb", ImportError("no module named decord")))
+    for err in (init_failed, CurationCodeError("broken"), KeyError("x"), RuntimeError("dataset execution failed")):
+        assert ray_loss(err) is None and ray_loss(wrapped(err)) is None
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import cli_in_process, write_tiny_exports
-from inference.cascade import Cascade, from_frames, refiner_seed, refiner_steps, resize_video
+from inference.cascade import Cascade, crop_wide, from_frames, refiner_seed, refiner_steps, resize_video
 from inference.request import ImageError, RequestError, TooLargeError, decode_image, make_request
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -122,14 +123,53 @@ def test_requests_are_checked_field_by_field(tiny) -> None:
             make_request(tiny, pixels, **{field: value})
         assert err.value.field == field
     with pytest.raises(ImageError, match="not a decodable image"):
-        decode_image(b"GIF89a but not really", 10_000, 10_000)
+        decode_image(b"GIF89a but not really", tiny.serving)
     with pytest.raises(TooLargeError, match="bytes"):
-        decode_image(b"x" * 101, 100, 10_000)
+        decode_image(b"x" * 101, tiny.serving, max_bytes=100)
     buffer = io.BytesIO()
     Image.new("RGB", (200, 100)).save(buffer, format="PNG")
+    limits = dataclasses.replace(tiny.serving, max_image_pixels=200 * 100 - 1)
     with pytest.raises(TooLargeError, match="pixels"):
-        decode_image(buffer.getvalue(), 10**6, 200 * 100 - 1)
-    assert decode_image(buffer.getvalue(), 10**6, 200 * 100).shape == (100, 200, 3)
+        decode_image(buffer.getvalue(), limits)
+    assert decode_image(buffer.getvalue(), dataclasses.replace(limits, max_image_pixels=200 * 100)).shape == (100, 200, 3)
+
+
+def _encoded(size: tuple[int, int], fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 30, 200)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_only_png_jpeg_and_webp_of_sane_shape_are_decoded(tiny) -> None:
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert decode_image(_encoded((64, 48), fmt), tiny.serving).shape == (48, 64, 3)
+    for fmt in ("GIF", "BMP", "TIFF", "EPS"):  # Pillow reads them all; uploads may not be them
+        with pytest.raises(ImageError, match="PNG, JPEG and WebP"):
+            decode_image(_encoded((64, 48), fmt), tiny.serving)
+    with pytest.raises(TooLargeError, match="side"):
+        decode_image(_encoded((tiny.serving.max_image_side + 1, 2), "PNG"), tiny.serving)
+    with pytest.raises(TooLargeError, match="max_aspect_ratio"):
+        decode_image(_encoded((900, 100), "PNG"), tiny.serving)
+
+
+def test_a_very_thin_image_is_cropped_before_it_is_scaled() -> None:
+    """VGen's scale-then-crop would make this 16 x 100,000 image 448 x 2,800,000 first."""
+    thin = np.zeros((16, 100_000, 3), np.uint8)
+    thin[:, 49_900:50_100] = 255
+    out = np.asarray(crop_wide(thin, 448, 256))
+    assert out.shape == (256, 448, 3) and out.mean() > 0  # the centre, and only it
+
+
+def test_crop_wide_matches_vgens_scale_then_crop() -> None:
+    rng = np.random.default_rng(0)
+    for height, width, target in [(600, 512, (448, 256)), (300, 512, (448, 256)), (37, 501, (1280, 720))]:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        pil = Image.fromarray(image)
+        scale = min(width / target[0], height / target[1])
+        scaled = pil.resize((round(width // scale), round(height // scale)), Image.Resampling.BOX)
+        left, top = (scaled.width - target[0]) // 2, (scaled.height - target[1]) // 2
+        reference = np.asarray(scaled.crop((left, top, left + target[0], top + target[1]))).astype(int)
+        assert np.abs(np.asarray(crop_wide(image, *target)).astype(int) - reference).max() <= 1
 
 
 def test_stage_files_refuse_the_wrong_stage(tiny_exports, tiny) -> None:

@@ -37,14 +37,28 @@ def test_finished_jobs_expire_by_age_first_finished_first() -> None:
 
 def test_admission_is_bounded_by_unfinished_jobs_and_a_cancel_frees_a_slot() -> None:
     table = _table(pending=2)
-    assert table.admit("a", True, {}, now=0.0) and table.admit("b", True, {}, now=0.0)
-    assert table.admit("c", True, {}, now=0.0) is None
+    assert table.refusal(None, 30) is None and table.admit("a", True, {}, now=0.0)
+    assert table.refusal(None, 30) is None and table.admit("b", True, {}, now=0.0)
+    full = table.refusal(None, 30)
+    assert full.status == 503 and full.headers == {"Retry-After": "30"}
     table.finish("a", "cancelled", now=1.0, error="the client disconnected")
-    assert table.pending() == 1 and table.admit("c", True, {}, now=1.0)
+    assert table.pending() == 1 and table.refusal(None, 30) is None and table.admit("c", True, {}, now=1.0)
     assert table.finish("a", "succeeded", now=2.0) is None  # a finished job stays as it ended
     assert table.counts() == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 1}
     with pytest.raises(ValueError, match="not a final status"):
         table.finish("b", "running", now=2.0)
+
+
+def test_each_key_has_its_own_pending_quota_and_sees_only_its_own_jobs() -> None:
+    table = JobTable(max_pending=10, keep_finished=10, keep_finished_s=3600.0, max_pending_per_owner=2)
+    table.admit("a1", False, {}, now=0.0, owner="alice")
+    table.admit("a2", False, {}, now=0.0, owner="alice")
+    refused = table.refusal("alice", 7)
+    assert refused.status == 429 and "max_pending_jobs_per_key" in refused.detail and refused.headers["Retry-After"] == "7"
+    assert table.refusal("bob", 7) is None  # alice's jobs do not count against bob
+    assert table.owned("a1", "alice")["id"] == "a1" and table.owned("a1", "bob") is None and table.owned("a1", None) is None
+    table.finish("a1", "succeeded", now=1.0)
+    assert table.refusal("alice", 7) is None and table.owned("a1", "alice")["status"] == "succeeded"
 
 
 def test_progress_is_the_heartbeat_and_a_silent_running_job_is_stalled() -> None:

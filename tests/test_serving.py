@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, png_claiming, thin_png
 from pipeline.config import load_config
 
 SERVING = [
@@ -155,6 +155,10 @@ def test_the_released_architecture_is_served_by_the_same_endpoint(server, tiny_e
         frames = _frames(answers[0].content, tmp_path, "release.mp4")
         assert frames.shape == (4, config.stages.base.height, config.stages.base.width, 3)
         assert answers[0].content != answers[1].content  # the prompt reaches the released base
+        for hostile in (thin_png(), png_claiming(20000, 20000)):  # refused on the header, before crop_wide
+            refused = _post(server + "/release", hostile, prompt="a lake", **FAST)
+            assert refused.status_code == 413, refused.text
+        assert _post(server + "/release", image, prompt="a lake", **FASTEST).status_code == 200
     finally:
         serve.delete("i2vgen-release")
 

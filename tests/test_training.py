@@ -24,7 +24,8 @@ from conftest import cli_in_process
 from pipeline.config import load_config
 from pipeline.models.build import build_denoiser
 from pipeline.models.weights import load_into
-from training.job import check_resume_config, latest_checkpoint
+from training.job import check_resume_config, checkpoint_step, latest_checkpoint
+from training.manifest import sha256
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -122,6 +123,76 @@ def test_a_resume_that_changes_the_objective_is_refused_naming_the_key(base_run,
     assert not (copy / "config.yaml").exists()  # train() writes the new one next
     # steps, rates and intervals may change
     check_resume_config(base_run, "base", load_config("tiny", overrides=["train.lr=0.5", "train.max_steps=9"]), False)
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_resume_from_a_tampered_checkpoint_is_refused_naming_the_file(base_run, data, tmp_path) -> None:
+    """One flipped byte in one rank's optimizer shard: the resume stops before Ray starts."""
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    step = checkpoint_step(latest_checkpoint(run))
+    _flip_a_byte(latest_checkpoint(run) / "state" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    before = (run / "metrics.jsonl").read_text()
+    proc = cli_in_process("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                          "--zero-stage", "2", "--max-steps", str(step + 2), "--checkpoint-every", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"(step {step})" in proc.stderr and "Nothing was loaded" in proc.stderr
+    assert "state/zero_pp_rank_1_mp_rank_00_optim_states.pt: changed since it was saved" in proc.stderr
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+class _Payload:
+    """A pickle that runs a shell command when loaded the way DeepSpeed loads its shards."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_shards_load_weights_only_and_a_planted_pickle_runs_nothing(base_run, tmp_path) -> None:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from training.weights_only import WeightsOnlyCheckpointEngine
+
+    safe = WeightsOnlyCheckpointEngine()
+    shards = sorted((latest_checkpoint(base_run) / "state").glob("*.pt"))
+    assert len(shards) == 3  # model states and both ranks' ZeRO-2 optimizer partitions
+    for shard in shards:
+        assert safe.load(str(shard)).keys() == torch.load(shard, weights_only=False).keys()
+    planted, marker = tmp_path / "planted.pt", tmp_path / "payload_ran"
+    torch.save({"module": _Payload(marker)}, planted)
+    with pytest.raises(Exception, match="posix.system"):
+        safe.load(str(planted))
+    assert not marker.exists()
+    TorchCheckpointEngine().load(str(planted))  # DeepSpeed's own engine: the payload runs
+    assert marker.exists()
+
+
+@pytest.mark.slow
+def test_a_planted_pickle_behind_a_rewritten_manifest_runs_nothing_on_the_workers(base_run, data, tmp_path) -> None:
+    """Someone who can write the run folder replaces the model states and rewrites the
+    manifest to match: the manifests pass, and the workers' weights-only load refuses it."""
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    folder, marker = latest_checkpoint(run), tmp_path / "payload_ran"
+    shard = "state/mp_rank_00_model_states.pt"
+    torch.save({"module": _Payload(marker)}, folder / shard)
+    manifest = json.loads((folder / "manifest_rank0.json").read_text())
+    manifest["files"][shard] = sha256(folder / shard)
+    (folder / "manifest_rank0.json").write_text(json.dumps(manifest))
+    proc = _cli("train", "--stage", "base", "--data", str(data), "--run", str(run), "--preset", "tiny",
+                "--zero-stage", "2", "--max-steps", str(checkpoint_step(folder) + 2), "--checkpoint-every", "2",
+                "--set", "train.max_failures=0")
+    assert proc.returncode != 0
+    assert "posix.system" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-4000:]
+    assert not marker.exists()
 
 
 def _final_state(run: Path) -> dict[str, torch.Tensor]:

@@ -2,6 +2,11 @@
 state, saved into one temporary folder that Ray Train copies into the run folder, then
 removed, and read back on resume.
 
+A resume trusts nothing in the run folder on its word: every file must match the SHA-256
+manifests the ranks wrote beside it (``training.manifest``), and DeepSpeed's shards are
+unpickled with ``weights_only=True`` (``training.weights_only``), so a planted pickle cannot
+run code on the workers.
+
 What a resume needs beyond the weights is a ``TrainState``: the step (each rank's data
 plan is fixed per micro-batch index, so the step is also the data position) and the
 rank's random generators, so that the steps after a resume draw the noise, timesteps,
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 
+from training.manifest import checkpoint_problems, refusal, write_manifest
 from training.optim import EMA
 
 log = logging.getLogger("training")
@@ -59,9 +65,10 @@ class TrainState:
 
 
 def save_and_report(engine, ema: EMA, state: TrainState, metrics: dict[str, Any], rank: int) -> None:
-    """Every rank saves its shard and random state into one folder and reports it (Ray
-    merges the ranks' folders into the run's checkpoint, then this rank's copy is removed:
-    Ray's synchronous upload leaves it behind, a full shard per rank per checkpoint)."""
+    """Every rank saves its shard and random state into one folder, then the manifest of
+    what it saved, and reports it (Ray merges the ranks' folders into the run's checkpoint,
+    then this rank's copy is removed: Ray's synchronous upload leaves it behind, a full
+    shard per rank per checkpoint)."""
     import ray.train
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -73,17 +80,37 @@ def save_and_report(engine, ema: EMA, state: TrainState, metrics: dict[str, Any]
         if rank == 0:
             save_file(averaged, str(Path(folder, EMA_FILE)))
             Path(folder, "metrics.json").write_text(json.dumps(metrics))
+        write_manifest(Path(folder), rank, dist.get_world_size(), state.step)
         dist.barrier()
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+def verify_on_every_rank(folder: Path, rank: int) -> None:
+    """Check ``folder`` against its manifests before any rank reads it: each rank hashes a
+    share of the files, and every rank raises the same ``CheckpointRefused`` if any share
+    found a fault (so no rank goes on to load while another refuses)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    found: list[Any] = [None] * world
+    dist.all_gather_object(found, checkpoint_problems(folder, rank, world))
+    problems = [problem for _, share in found for problem in share]
+    if problems:
+        raise refusal(folder, found[0][0], problems)
+
+
 def restore(checkpoint, engine, ema: EMA, state: TrainState, rank: int) -> None:
-    """Load Ray's ``checkpoint`` into the engine, the EMA and ``state``. A checkpoint
-    written before random states were saved resumes with generators reseeded from the step
-    (the run continues, but not bit for bit as an unbroken one)."""
+    """Load Ray's ``checkpoint`` into the engine, the EMA and ``state``, once every file has
+    matched its manifest. A rank with no saved random state (the run now has more workers
+    than saved it) reseeds its generators from the step: the run continues, but not bit for
+    bit as an unbroken one."""
     from safetensors.torch import load_file
 
+    from training.weights_only import load_weights_only
+
     with checkpoint.as_directory() as folder:
+        verify_on_every_rank(Path(folder), rank)
+        load_weights_only(engine)
         _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
         ema.load_state_dict(engine.module, load_file(str(Path(folder, EMA_FILE))))
         state.step = int(client["step"])

@@ -1,9 +1,10 @@
 """``i2vgen train`` and ``i2vgen export``: a Ray Train ``TorchTrainer`` over DeepSpeed.
 
 The run folder holds everything: the resolved config, Ray Train's checkpoints (each with
-every rank's DeepSpeed shards and the fp32 EMA), ``metrics.jsonl``, TensorBoard logs and
-``loss.png``. Running the same command with the same ``--run`` resumes from the last
-checkpoint; a worker lost mid-run restarts all workers from it (``train.max_failures``).
+every rank's DeepSpeed shards, the fp32 EMA and the ranks' SHA-256 manifests),
+``metrics.jsonl``, TensorBoard logs and ``loss.png``. Running the same command with the
+same ``--run`` resumes from the last checkpoint once its files match their manifests; a
+worker lost mid-run restarts all workers from it (``train.max_failures``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.ray_runtime import init_ray
 from training.data import plan_dataset, put_catalog, rank_dataset_name, summarize_catalog, validate_shapes
 from training.heldout import heldout_rows
 from training.checkpointing import EMA_FILE
+from training.manifest import verify_checkpoint
 from training.loop import read_metrics, train_loop_per_worker
 from training.validation import default_val_where
 
@@ -122,6 +124,9 @@ def train(
         initialise(build_denoiser(config, stage, device="meta"), init)
     run = Path(run_dir).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(run)
+    if resume_from is not None:  # fail here, before any worker starts and reads it
+        verify_checkpoint(resume_from)
     check_resume_config(run, stage, config, allow_config_change)
     data_dir = str(Path(data_dir).resolve())
     validate_shapes(summarize_catalog(data_dir, config.train.where, config.train.val_where), config, stage)

@@ -3,9 +3,12 @@ one call.
 
 The ingress holds no job state: it validates, stores the request in the results location,
 and asks the job store to admit it; a replica of it can die at any time and no job notices.
-Every refusal leaves the server as it was: a body that is not an image is 400, too many
-bytes or pixels 413, a parameter out of bounds 422 naming the field (FastAPI's own error
-shape), and a full queue 503 with Retry-After. A synchronous request that runs past
+Every request first passes the gate (``gate.py``): no key 401, a wrong key 403, a body too
+big or too slow 413 / 408. Each job belongs to the key that made it, and to any other key it
+is 404. Every refusal leaves the server as it was: a body that is not a PNG, JPEG or WebP
+image is 400, too many bytes or pixels 413, a parameter out of bounds 422 naming the field
+(FastAPI's own error shape), a key over its quota 429 and a full queue 503, both with
+Retry-After. A synchronous request that runs past
 ``serving.sync_timeout_s`` gets 504, and one whose client hangs up is cancelled: both free
 their slot. Routes are documented at ``/docs`` and in ``/openapi.json``.
 """
@@ -16,6 +19,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
+import uuid
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -24,6 +29,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from inference.request import GenerationRequest, ImageError, RequestError, TooLargeError, decode_image, make_request
+from inference.serving.access import public_record
+from inference.serving.gate import FORM_OVERHEAD, Gate, IngressRules, configure
 from inference.serving.results import JOB_ID, ResultsLocation, new_job_id, request_parameters
 from inference.serving.store import short_error, worker_lost
 from pipeline.config.schema import Config
@@ -39,36 +46,7 @@ log = logging.getLogger("ray.serve")
 # Job store restarts a synchronous request waits through before it gives up.
 _STORE_RESTARTS_WAITED = 3
 
-# Multipart overhead allowed beyond serving.max_upload_bytes before the body is read at all.
-_FORM_OVERHEAD = 64 * 1024
-
-
-# The replica's upload limit, set from its config; the middleware reads it (one replica per process).
-_upload_limit: dict[str, int] = {}
-
-
-class RefuseLargeBodies:
-    """413 from the Content-Length header, before a huge upload is spooled anywhere.
-
-    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
-    ``BaseHTTPMiddleware`` turns a client that hangs up into a "No response returned" error
-    logged with a traceback for every disconnect."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        maximum = _upload_limit.get("bytes")
-        if scope["type"] == "http" and maximum is not None:
-            declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-            if declared.isdigit() and int(declared) > maximum + _FORM_OVERHEAD:
-                message = f"image: a body of {declared} bytes is over the limit of {maximum}"
-                await JSONResponse(status_code=413, content={"detail": message})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(RefuseLargeBodies)
+api.add_middleware(Gate)
 
 
 @api.exception_handler(RequestError)
@@ -76,6 +54,15 @@ async def out_of_bounds(request: Request, err: RequestError) -> JSONResponse:
     """422 in FastAPI's own validation shape, so clients parse one format."""
     detail = [{"loc": ["body", err.field], "msg": err.message, "type": "value_error"}]
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@api.exception_handler(Exception)
+async def internal_error(request: Request, err: Exception) -> JSONResponse:
+    """Anything unexpected: the traceback goes to the server's log under an error id, and
+    the client gets the id, never the traceback (nor the addresses and process ids in it)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error %s on %s %s", error_id, request.method, request.url.path, exc_info=err)
+    return JSONResponse(status_code=500, content={"detail": f"internal error (error id {error_id})", "error_id": error_id})
 
 
 @api.exception_handler(ImageError)
@@ -94,7 +81,7 @@ class VideoForm:
 
     def __init__(
         self,
-        image: UploadFile = File(..., description="the first frame (any format Pillow reads)"),
+        image: UploadFile = File(..., description="the first frame: PNG, JPEG or WebP"),
         prompt: Optional[str] = Form(None, description="a short text for the refiner"),
         frames: Optional[int] = Form(None), fps: Optional[int] = Form(None),
         steps: Optional[int] = Form(None, description="base sampling steps"),
@@ -105,14 +92,23 @@ class VideoForm:
         self.steps, self.guidance, self.sampler, self.seed = steps, guidance, sampler, seed
 
 
-@serve.deployment(name="VideoAPI", ray_actor_options={"num_cpus": 0})
+def _owner(request: Request) -> Optional[str]:
+    """The calling key's digest, as the gate found it (None when no keys are configured)."""
+    return getattr(request.state, "owner", None)
+
+
+@serve.deployment(name="VideoAPI")
 @serve.ingress(api)
 class VideoAPI:
-    def __init__(self, store: DeploymentHandle, config: Config, results_uri: str, refined: bool) -> None:
+    def __init__(
+        self, store: DeploymentHandle, config: Config, results_uri: str, refined: bool, key_digests: frozenset[str]
+    ) -> None:
         self.store, self.config, self.refined = store, config, refined
         self.results = ResultsLocation(results_uri)
         self.background: set[asyncio.Task] = set()
-        _upload_limit["bytes"] = config.serving.max_upload_bytes
+        limits = config.serving
+        configure(IngressRules(key_digests, limits.max_upload_bytes + FORM_OVERHEAD, limits.body_timeout_s,
+                               limits.request_timeout_s))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -134,40 +130,42 @@ class VideoAPI:
         return await self.store.prometheus.remote()
 
     @api.post("/v1/videos", status_code=202)
-    async def submit(self, form: VideoForm = Depends()):
+    async def submit(self, http: Request, form: VideoForm = Depends()):
         """Queue a video; poll ``GET /v1/videos/{id}``, then fetch ``/content``."""
+        owner = await self._counted(_owner(http))
         request, job_id = await self._request(form), new_job_id()
         async with self._cancelled_on_hang_up(job_id):
-            await self._submit(job_id, request)
+            await self._submit(job_id, request, owner)
         return {"id": job_id, "status": "queued", "status_url": f"/v1/videos/{job_id}",
                 "content_url": f"/v1/videos/{job_id}/content"}
 
     @api.get("/v1/videos/{job_id}")
-    async def job_status(self, job_id: str) -> dict[str, Any]:
-        return await self._job(job_id)
+    async def job_status(self, job_id: str, http: Request) -> dict[str, Any]:
+        return public_record(await self._job(job_id, _owner(http)))
 
     @api.delete("/v1/videos/{job_id}")
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, http: Request) -> dict[str, Any]:
         """Cancel an unfinished job (it then reads ``cancelled``), or delete a finished one
         and its video."""
         self._check_id(job_id)
-        record = await self.store.delete.remote(job_id)
+        record = await self.store.delete.remote(job_id, _owner(http))
         if record is None:
             raise HTTPException(404, f"no job {job_id!r}")
-        return record
+        return public_record(record)
 
     @api.get("/v1/videos/{job_id}/content")
-    async def job_content(self, job_id: str) -> Response:
-        return await self._video(await self._job(job_id))
+    async def job_content(self, job_id: str, http: Request) -> Response:
+        return await self._video(await self._job(job_id, _owner(http)))
 
     @api.post("/v1/generate", response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
-    async def generate(self, form: VideoForm = Depends()):
+    async def generate(self, http: Request, form: VideoForm = Depends()):
         """Generate and answer with the mp4 itself: for short jobs (the connection stays open,
         up to ``serving.sync_timeout_s``; a client that hangs up cancels its job)."""
+        owner = await self._counted(_owner(http))
         request, job_id = await self._request(form), new_job_id()
         timeout = self.config.serving.sync_timeout_s
         async with self._cancelled_on_hang_up(job_id):
-            await self._submit(job_id, request)
+            await self._submit(job_id, request, owner)
             try:
                 record = await asyncio.wait_for(self._wait(job_id), timeout)
             except asyncio.TimeoutError:
@@ -215,37 +213,48 @@ class VideoAPI:
             raise HTTPException(500, f"job {job_id} is unknown to the job store")
         return record
 
+    async def _counted(self, owner: Optional[str]) -> Optional[str]:
+        """Count a submission against its key's rate (429 with Retry-After past it), before
+        its body is decoded."""
+        if owner is not None:
+            wait_s = await self.store.take_submission.remote(owner)
+            if wait_s is not None:
+                per_minute = self.config.serving.submissions_per_minute_per_key
+                raise HTTPException(429, f"this key has made {per_minute} submissions in the last minute "
+                                         "(serving.submissions_per_minute_per_key)",
+                                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+        return owner
+
     async def _request(self, form: VideoForm) -> GenerationRequest:
         """A validated request; the exception handlers above turn refusals into 4xx."""
         limits = self.config.serving
         data = await form.image.read(limits.max_upload_bytes + 1)
-        pixels = await asyncio.to_thread(decode_image, data, limits.max_upload_bytes, limits.max_image_pixels)
+        pixels = await asyncio.to_thread(decode_image, data, limits)
         return make_request(self.config, pixels, form.prompt, form.frames, form.fps, form.steps, form.guidance,
                             form.sampler, form.seed)
 
-    async def _submit(self, job_id: str, request: GenerationRequest) -> None:
-        """Store the request, then have the job store admit it (or refuse: 503)."""
+    async def _submit(self, job_id: str, request: GenerationRequest, owner: Optional[str]) -> None:
+        """Store the request, then have the job store admit it (or refuse: 503 when the
+        queue is full, 429 when the key's own pending jobs are at its quota)."""
         try:
             await asyncio.to_thread(self.results.save_request, job_id, request)
         except OSError as err:  # storage down: the client may retry; nothing was admitted
             log.exception("job %s: could not store its request", job_id)
             raise HTTPException(503, f"the results location is unavailable ({type(err).__name__}); try again later",
                                 headers={"Retry-After": str(self.config.serving.retry_after_s)}) from err
-        if await self.store.submit.remote(job_id, self.refined, request_parameters(request)) is None:
+        refusal = await self.store.submit.remote(job_id, self.refined, request_parameters(request), owner)
+        if refusal is not None:
             await asyncio.to_thread(self.results.forget, job_id)
-            limits = self.config.serving
-            raise HTTPException(
-                503, f"{limits.max_pending_jobs} jobs are pending; try again later",
-                headers={"Retry-After": str(limits.retry_after_s)},
-            )
+            raise HTTPException(refusal.status, refusal.detail, headers=refusal.headers)
 
     def _check_id(self, job_id: str) -> None:
         if not JOB_ID.match(job_id):
             raise HTTPException(404, f"no job {job_id!r}: job ids are 32 hexadecimal digits")
 
-    async def _job(self, job_id: str) -> dict[str, Any]:
+    async def _job(self, job_id: str, owner: Optional[str]) -> dict[str, Any]:
+        """The caller's own job: another key's job is as unknown as a made-up id."""
         self._check_id(job_id)
-        record = await self.store.status.remote(job_id)
+        record = await self.store.status.remote(job_id, owner)
         if record is None:
             raise HTTPException(404, f"no job {job_id!r} (unknown, or forgotten after keep_finished_jobs/_s)")
         return record

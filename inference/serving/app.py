@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 from ray import serve
 from ray.serve import Application
 
+from inference.serving.access import KEYS_ENV, is_loopback, load_key_digests
 from inference.serving.api import VideoAPI
 from inference.serving.stages import BaseStage, RefinerStage
 from inference.serving.store import JobStore
@@ -52,29 +53,46 @@ def results_uri(config: Config) -> str:
 
 def compose(config: Config, base: str, refiner: Optional[str]) -> Application:
     """Ingress -> job store -> base -> refiner; the last stage writes the mp4s."""
-    results = results_uri(config)
-    base_app = BaseStage.options(**deployment_options(config.serving.base)).bind(
+    results, limits = results_uri(config), config.serving
+    base_app = BaseStage.options(**deployment_options(limits.base)).bind(
         config, base, results, refiner is None
     )
     refiner_app = (
         None if refiner is None
-        else RefinerStage.options(**deployment_options(config.serving.refiner)).bind(config, refiner, results, True)
+        else RefinerStage.options(**deployment_options(limits.refiner)).bind(config, refiner, results, True)
     )
     # Every pending job may hold one ``wait`` (a synchronous request) besides the short calls.
-    calls = 2 * config.serving.max_pending_jobs + 64
+    calls = 2 * limits.max_pending_jobs + 64
     store = JobStore.options(max_ongoing_requests=calls).bind(config, results, base_app, refiner_app)
-    return VideoAPI.options(max_ongoing_requests=calls).bind(store, config, results, refiner is not None)
+    return VideoAPI.options(
+        max_ongoing_requests=calls, max_queued_requests=limits.max_queued_requests,
+        ray_actor_options={"num_cpus": limits.ingress_num_cpus},
+    ).bind(store, config, results, refiner is not None, load_key_digests(limits))
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """The application builder ``serve_config.yaml`` points at."""
+    return compose(_config(args), str(args["base"]), args.get("refiner"))
+
+
+def _config(args: dict[str, Any]) -> Config:
+    """The app's config from its builder arguments, which are checked first."""
     unknown = set(args) - _ARGS
     if unknown:
         raise ConfigError(f"args.{sorted(unknown)[0]}: unknown; the app takes {sorted(_ARGS)}")
     if not args.get("base"):
         raise ConfigError("args.base: the base stage's weights file is required")
-    config = load_config(args.get("preset", "tiny"), args.get("config") or [], args.get("set") or [])
-    return compose(config, str(args["base"]), args.get("refiner"))
+    return load_config(args.get("preset", "tiny"), args.get("config") or [], args.get("set") or [])
+
+
+def bind_host(config: Config, host: str) -> str:
+    """Where to listen: ``host``, unless no API keys are configured, which keeps the
+    endpoint on 127.0.0.1 (and says so)."""
+    if load_key_digests(config.serving) or is_loopback(host):
+        return host
+    print(f"no API keys are configured (serving.api_keys_file, {KEYS_ENV}): listening on 127.0.0.1 only, "
+          f"not on {host}", flush=True)
+    return "127.0.0.1"
 
 
 def run_locally(
@@ -82,8 +100,12 @@ def run_locally(
     host: str, port: int,
 ) -> None:
     """``i2vgen serve``: the app on this machine's Ray, until interrupted."""
+    args = {"base": base, "refiner": refiner, "preset": preset, "config": list(files), "set": list(overrides)}
+    config = _config(args)
+    host = bind_host(config, host)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    app = build_app({"base": base, "refiner": refiner, "preset": preset, "config": list(files), "set": list(overrides)})
-    print(f"serving on http://{host}:{port} (API docs at /docs); Ctrl-C stops", flush=True)
+    app = compose(config, base, refiner)
+    access = "API keys required" if load_key_digests(config.serving) else "no API keys: this machine only"
+    print(f"serving on http://{host}:{port} ({access}; API docs at /docs); Ctrl-C stops", flush=True)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=True)

@@ -3,8 +3,8 @@ which finished jobs to forget.
 
 Plain bookkeeping with no Ray in it, so that its rules are unit-tested directly; the job
 store (``store.py``) owns one and persists its records. Admission is where overload is
-refused: past ``max_pending`` unfinished jobs, ``admit`` says no and the client gets 503
-with Retry-After. Finished jobs are forgotten in the order they *finished*, past
+refused: past ``max_pending`` unfinished jobs the client gets 503 with Retry-After, and past
+its key's ``max_pending_per_owner`` 429. Finished jobs are forgotten in the order they *finished*, past
 ``keep_finished`` of them or ``keep_finished_s`` after finishing, whichever comes first.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Optional
 
+from inference.serving.access import Refusal
+
 # Share of a job's progress bar each stage fills; the rest is writing the mp4.
 _SPANS = {True: {"base": (0.0, 0.45), "refiner": (0.45, 0.95)}, False: {"base": (0.0, 0.95)}}
 UNFINISHED = ("queued", "running")
@@ -20,22 +22,37 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class JobTable:
-    def __init__(self, max_pending: int, keep_finished: int, keep_finished_s: float) -> None:
+    def __init__(self, max_pending: int, keep_finished: int, keep_finished_s: float, max_pending_per_owner: int = 0) -> None:
         self.max_pending = max_pending
+        self.max_pending_per_owner = max_pending_per_owner  # 0: no per-key bound
         self.keep_finished = keep_finished
         self.keep_finished_s = keep_finished_s
         self.unfinished: dict[str, dict[str, Any]] = {}
         # Finished jobs in the order they finished: the front is the first to forget.
         self.finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def admit(self, job_id: str, refined: bool, parameters: dict[str, Any], now: float) -> Optional[dict[str, Any]]:
-        """A new queued job's record, or None when ``max_pending`` jobs are unfinished."""
+    def refusal(self, owner: Optional[str], retry_after_s: int) -> Optional[Refusal]:
+        """Why a new job of ``owner`` may not be admitted now (None: it may): its key already
+        has ``max_pending_per_owner`` unfinished jobs (429), or everyone's jobs fill the
+        queue (503). Both say when to try again."""
+        retry = {"Retry-After": str(retry_after_s)}
+        if owner is not None and self.max_pending_per_owner > 0:
+            own = sum(1 for record in self.unfinished.values() if record.get("owner") == owner)
+            if own >= self.max_pending_per_owner:
+                return Refusal(429, f"this key has {own} unfinished jobs, its limit "
+                                    "(serving.max_pending_jobs_per_key); try again when one finishes", retry)
         if len(self.unfinished) >= self.max_pending:
-            return None
+            return Refusal(503, f"{self.max_pending} jobs are pending; try again later", retry)
+        return None
+
+    def admit(self, job_id: str, refined: bool, parameters: dict[str, Any], now: float,
+              owner: Optional[str] = None) -> dict[str, Any]:
+        """A new queued job's record, made by the key whose digest is ``owner`` (checked by
+        ``refusal`` first)."""
         record = {
             "id": job_id, "status": "queued", "stage": None, "progress": 0.0, "refined": refined,
             "parameters": parameters, "created": now, "heartbeat": now, "finished": None,
-            "attempts": 0, "error": None,
+            "attempts": 0, "error": None, "owner": owner,
         }
         self.unfinished[job_id] = record
         return record
@@ -51,6 +68,11 @@ class JobTable:
 
     def get(self, job_id: str) -> Optional[dict[str, Any]]:
         return self.unfinished.get(job_id) or self.finished.get(job_id)
+
+    def owned(self, job_id: str, owner: Optional[str]) -> Optional[dict[str, Any]]:
+        """The job if ``owner`` made it: to any other caller it does not exist."""
+        record = self.get(job_id)
+        return record if record is not None and record.get("owner") == owner else None
 
     def start_attempt(self, job_id: str, now: float) -> dict[str, Any]:
         record = self.unfinished[job_id]

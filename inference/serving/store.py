@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -31,6 +33,7 @@ from ray import serve
 from ray.exceptions import NodeDiedError, ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from inference.serving.access import Refusal, RequestRate
 from inference.serving.jobs import JobTable
 from inference.serving.metrics import ServingMetrics
 from inference.serving.results import ResultsLocation
@@ -58,11 +61,25 @@ def worker_lost(err: BaseException) -> bool:
     return False
 
 
+# What Ray's messages carry of the cluster's layout: IPv4 addresses (with ports) and pids.
+_LAYOUT = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\bpid[=: ]+\d+", re.IGNORECASE)
+
+
 def short_error(err: BaseException) -> str:
-    """The error's type and first line, for the client: no remote traceback, no addresses."""
+    """The error's type and first line, for the client: no remote traceback, no addresses,
+    no process ids."""
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+    line = _LAYOUT.sub("<hidden>", text[0] if text else "")[:300]
+    return f"{type(cause).__name__}: {line}".rstrip(": ")
+
+
+def logged_error(job_id: str, err: BaseException, level: int = logging.ERROR) -> str:
+    """Log ``err`` with its traceback under a new error id; the client's short form, with
+    the id, so that whoever runs the server can find the traceback."""
+    error_id = uuid.uuid4().hex[:12]
+    log.log(level, "job %s: %s (error id %s)", job_id, short_error(err), error_id, exc_info=err)
+    return f"{short_error(err)} (error id {error_id})"
 
 
 # Every method is a coroutine: Serve runs plain methods on a thread pool, and the table is
@@ -79,7 +96,10 @@ class JobStore:
         limits = config.serving
         self.base, self.refiner = base, refiner
         self.attempts, self.stalled_s = limits.job_attempts, limits.stalled_job_s
-        self.table = JobTable(limits.max_pending_jobs, limits.keep_finished_jobs, limits.keep_finished_s)
+        self.table = JobTable(limits.max_pending_jobs, limits.keep_finished_jobs, limits.keep_finished_s,
+                              limits.max_pending_jobs_per_key)
+        self.retry_after_s = limits.retry_after_s
+        self.submissions = RequestRate(limits.submissions_per_minute_per_key)
         stages = {"base": limits.base.max_batch_size}
         if refiner is not None:
             stages["refiner"] = limits.refiner.max_batch_size
@@ -155,12 +175,10 @@ class JobStore:
                     response.cancel()
                 raise
             except Exception as err:  # the job fails with the reason (or is retried); the store goes on
-                if worker_lost(err):
-                    log.warning("job %s: attempt %d lost its worker: %s", job_id, record["attempts"], short_error(err))
-                    record["last_error"] = short_error(err)
+                if worker_lost(err):  # retried while attempts last
+                    record["last_error"] = logged_error(job_id, err, logging.WARNING)
                     continue
-                log.exception("job %s failed", job_id)
-                await self._finish(job_id, "failed", short_error(err))
+                await self._finish(job_id, "failed", logged_error(job_id, err))
                 return
             await self._finish(job_id, "succeeded")
             return
@@ -177,7 +195,7 @@ class JobStore:
         return record
 
     async def _reap_forever(self) -> None:
-        """Fail stalled jobs and forget expired ones, every few seconds."""
+        """Fail stalled jobs, forget expired ones and idle keys' rates, every few seconds."""
         while True:
             await asyncio.sleep(min(5.0, self.stalled_s / 4))
             now = time.time()
@@ -185,24 +203,35 @@ class JobStore:
                 await self.cancel(job_id, "failed", f"no progress for {self.stalled_s:g} s: its stage stalled")
             for job_id in self.table.expired(now):
                 await self._forget(job_id)
+            self.submissions.forget_idle()
 
     async def _forget(self, job_id: str) -> None:
         self.table.forget(job_id)
         self.done.pop(job_id, None)
         await self._storage(self.results.forget, job_id)
 
-    async def submit(self, job_id: str, refined: bool, parameters: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """Admit and start a job whose request is already stored; None when the queue is full
-        or the job was cancelled before it arrived. No await: a cancelled call either did all
-        of this or none of it."""
+    async def submit(
+        self, job_id: str, refined: bool, parameters: dict[str, Any], owner: Optional[str]
+    ) -> Optional[Refusal]:
+        """Admit and start a job whose request is already stored, made by the key whose
+        digest is ``owner``; or say why not (the queue, or the key's quota, is full; the
+        job was cancelled before it arrived). No await: a cancelled call either did all of
+        this or none of it."""
         if job_id in self.cancelled_early:
-            return None
-        record = self.table.admit(job_id, refined, parameters, time.time())
-        if record is None:
-            return None
+            return Refusal(409, f"job {job_id} was cancelled before it was admitted")
+        refusal = self.table.refusal(owner, self.retry_after_s)
+        if refusal is not None:
+            return refusal
+        self.table.admit(job_id, refined, parameters, time.time(), owner)
         self.done[job_id] = asyncio.Event()
         self._start(job_id)  # its first step stores the record
-        return dict(record)
+        return None
+
+    async def take_submission(self, owner: str) -> Optional[float]:
+        """Count a submission of ``owner`` against its per-minute rate: None when allowed,
+        else the seconds until it would be. Here, not in the ingress, so that the rate holds
+        however many ingress replicas there are."""
+        return self.submissions.take(owner)
 
     async def cancel(self, job_id: str, status: str = "cancelled", reason: Optional[str] = None) -> Optional[dict[str, Any]]:
         """Stop an unfinished job (its slot is free at once); a finished one is left as it is.
@@ -220,9 +249,10 @@ class JobStore:
         record = await self._finish(job_id, status, reason)
         return dict(record) if record else self._record(job_id)
 
-    async def delete(self, job_id: str) -> Optional[dict[str, Any]]:
-        """``DELETE``: cancel an unfinished job, or forget a finished one and its video."""
-        record = self.table.get(job_id)
+    async def delete(self, job_id: str, owner: Optional[str]) -> Optional[dict[str, Any]]:
+        """``DELETE``: cancel an unfinished job, or forget a finished one and its video (the
+        caller's own jobs only)."""
+        record = self.table.owned(job_id, owner)
         if record is None:
             return None
         if record["status"] in ("queued", "running"):
@@ -238,8 +268,9 @@ class JobStore:
         await done.wait()
         return self._record(job_id)
 
-    async def status(self, job_id: str) -> Optional[dict[str, Any]]:
-        return self._record(job_id)
+    async def status(self, job_id: str, owner: Optional[str]) -> Optional[dict[str, Any]]:
+        record = self.table.owned(job_id, owner)
+        return dict(record) if record else None
 
     def _record(self, job_id: str) -> Optional[dict[str, Any]]:
         record = self.table.get(job_id)

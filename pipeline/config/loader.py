@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from pathlib import Path
@@ -286,6 +287,11 @@ def _validate_curation(config: Config) -> None:
     for key in ("file_timeout_s", "retry_backoff_s", "commit_every_s"):
         if getattr(cfg, key) < 0 or (key == "file_timeout_s" and not cfg.file_timeout_s > 0):
             raise ConfigError(f"curation.{key}: must be positive, got {getattr(cfg, key)}")
+    for key in ("probe.max_frames", "probe.max_seconds", "probe.max_pixels", "worker_memory_mb",
+                "scoring.aesthetic_memory_mb"):
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if not value > 0:
+            raise ConfigError(f"curation.{key}: must be positive, got {value}")
     fastest = max(train.fps_values)
     for frames in train.frame_counts:
         if frames < 1 or span_seconds(frames, fastest) > cfg.split.max_seconds:

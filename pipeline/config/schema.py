@@ -179,9 +179,28 @@ class ServingConfig:
 
     base: DeploymentConfig = field(default_factory=DeploymentConfig)
     refiner: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(max_batch_size=2))
-    # Upload and decoded-image limits (413 beyond them).
+    # Who may call (inference/serving/access.py): a file of API keys, one per line (or
+    # "sha256:<hex>" digests); keys also come from I2VGEN_API_KEYS. None at all: the endpoint
+    # binds to 127.0.0.1 and answers loopback clients only.
+    api_keys_file: str = ""
+    # Per key: unfinished jobs, and job submissions per minute (429 with Retry-After beyond;
+    # 0 is no limit). Reads (status, video) are not counted.
+    max_pending_jobs_per_key: int = 8
+    submissions_per_minute_per_key: int = 60
+    # The ingress: requests queued at it before Serve answers 503; its CPU reservation (small,
+    # so that a 2-core machine still fits both stages at 1 CPU each; raise it where CPUs
+    # spare); the time a client has to send its whole body (408 past it); and every request's
+    # limit (504 past it; POST /v1/generate has serving.sync_timeout_s inside it).
+    max_queued_requests: int = 256
+    ingress_num_cpus: float = 0.1
+    body_timeout_s: float = 60.0
+    request_timeout_s: float = 660.0
+    # Upload and image limits, checked on the header before any pixel is decoded (413 beyond
+    # them). Only PNG, JPEG and WebP are read.
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    max_image_side: int = 8192
+    max_aspect_ratio: float = 8.0
     # Per-request parameter bounds (422 beyond them).
     max_frames: int = 32
     max_steps: int = 200
@@ -216,6 +235,12 @@ class ProbeConfig:
     min_frames: int = 8
     # Reject when frame intervals spread more than this fraction around their median.
     max_interval_spread: float = 0.5
+    # Caps read off the header and the demuxed timestamps, before any frame is decoded: a
+    # bigger input is a reject, and the probe holds at most max_frames timestamps. max_pixels
+    # (width x height) applies to images too.
+    max_frames: int = 360_000
+    max_seconds: float = 3600.0
+    max_pixels: int = 7680 * 4320
 
 
 @dataclass
@@ -263,6 +288,9 @@ class ScoringConfig:
     # Actors scoring aesthetics, and GPUs per actor (0 on CPU-only clusters).
     aesthetic_actors: int = 1
     aesthetic_gpus: float = 0.0
+    # Memory each GPU scorer actor declares to Ray, in MiB (CLIP ViT-L/14 and its batches;
+    # an estimate, not measured).
+    aesthetic_memory_mb: int = 4096
 
 
 @dataclass
@@ -312,6 +340,18 @@ class CurationConfig:
     # Share of rows whose ``split`` column says "val": chosen from a hash of the row's id
     # alone, so a row stays on its side across re-runs, resumes and other thresholds.
     val_fraction: float = 0.05
+    # Follow links to folders in folder scans and ``**`` globs (each real folder is listed
+    # once: a loop, or a second link to a folder, is a reject naming it). --follow-symlinks.
+    follow_symlinks: bool = False
+    # URI prefixes a manifest row may name, besides the roots of the command-line inputs (a
+    # remote input's bucket, a local input's folder); "/" admits every local path. A row
+    # outside them, or any URI with a query string (?endpoint_override=..., credentials), is
+    # a reject.
+    allowed_roots: list[str] = field(default_factory=lambda: ["/"])
+    # Memory each file worker declares to Ray (its process and its sandboxed child), in MiB:
+    # Ray places no more workers on a node than its memory resource holds. Measured peak on
+    # 320x180 inputs: 670 MB (worker 374 MB, child 336 MB); bigger sources need more.
+    worker_memory_mb: int = 1536
 
 
 @dataclass
