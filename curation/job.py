@@ -45,7 +45,7 @@ from curation.plan import Plan, unfinished, unit_ranges, write_plan
 from curation.sandbox import one_line
 from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage, lost_rows, write_fragments
 from pipeline.config.schema import Config
-from pipeline.ray_runtime import cluster_cpus, init_ray
+from pipeline.ray_runtime import cluster_cpus, find_in_chain, init_ray
 from pipeline.tables import CURATED_VERSIONS, REJECTS
 
 log = logging.getLogger("curation")
@@ -198,13 +198,7 @@ def ray_loss(err: BaseException) -> Optional[BaseException]:
     """The Ray failure behind ``err`` (itself, or in its chain: Ray Data wraps what its
     tasks raise) that lost work without finding a fault in it, or None. An actor that died
     starting (a broken install) is no loss: like ``CurationCodeError`` it must stop the job."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LOST_TO_RAY) and not getattr(err, "actor_init_failed", False):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return find_in_chain(err, LOST_TO_RAY, lambda lost: not getattr(lost, "actor_init_failed", False))
 
 
 def _run_plan(plan: Plan, out: Path, config: Config, take: Take, committer: _Committer) -> Optional[BaseException]:

@@ -11,7 +11,7 @@ Authentication is Ray's: a new embedded cluster requires a token (Ray 2.60's def
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import ray
 
@@ -37,3 +37,22 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def find_in_chain(
+    err: BaseException, kinds: tuple[type[BaseException], ...], accept: Callable[[BaseException], bool] = lambda e: True
+) -> Optional[BaseException]:
+    """The first exception of ``kinds`` that ``accept`` takes, in ``err`` or anything it
+    wraps: its cause, its context, and the ``cause`` Ray's errors carry (Ray Data and Serve
+    report a dead task or actor as their own exception, with the death behind it)."""
+    seen: set[int] = set()
+    pending: list[Optional[BaseException]] = [err]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, kinds) and accept(current):
+            return current
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None

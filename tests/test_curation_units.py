@@ -220,13 +220,10 @@ def test_ray_losses_are_told_from_faults() -> None:
     from curation.sandbox import CurationCodeError
 
     def wrapped(err: BaseException) -> BaseException:
-        try:
-            raise err
-        except BaseException:
-            try:
-                raise RuntimeError("dataset execution failed")
-            except RuntimeError as outer:
-                return outer
+        """A RuntimeError raised while handling ``err``, as Ray Data's executor raises its own."""
+        outer = RuntimeError("dataset execution failed")
+        outer.__context__ = err
+        return outer
 
     oom = OutOfMemoryError("Task was killed due to the node running low on memory.")
     lost = [oom, NodeDiedError("node 10.0.0.2 died"), ObjectLostError("ab" * 14, None, ""), ActorDiedError(),

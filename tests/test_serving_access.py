@@ -138,7 +138,7 @@ def test_per_key_quotas_answer_429_with_retry_after(servers) -> None:
 def test_without_keys_only_this_machine_is_served(servers) -> None:
     own = _own_address()
     if own is None:
-        pytest.skip("this machine has no non-loopback address to call from")
+        pytest.skip("this machine has no non-loopback address to call from (tests/test_access.py checks the rule itself)")
     assert _get(_url(servers, "open") + "/v1/stats").status_code == 200
     remote = _get(_url(servers, "open", own) + "/v1/stats")
     assert remote.status_code == 403 and "API keys" in remote.text

@@ -38,6 +38,7 @@ from inference.serving.jobs import JobTable
 from inference.serving.metrics import ServingMetrics
 from inference.serving.results import ResultsLocation
 from pipeline.config.schema import Config
+from pipeline.ray_runtime import find_in_chain
 
 log = logging.getLogger("ray.serve")
 
@@ -48,17 +49,7 @@ WORKER_LOST = (RayActorError, WorkerCrashedError, ObjectLostError, NodeDiedError
 def worker_lost(err: BaseException) -> bool:
     """Whether ``err``, or what it wraps, says a process went away (Serve reports a dead
     upstream stage as its own exception, with the actor's death as the cause)."""
-    seen: set[int] = set()
-    pending: list[Optional[BaseException]] = [err]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        if isinstance(current, WORKER_LOST):
-            return True
-        seen.add(id(current))
-        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-    return False
+    return find_in_chain(err, WORKER_LOST) is not None
 
 
 # What Ray's messages carry of the cluster's layout: IPv4 addresses (with ports) and pids.
