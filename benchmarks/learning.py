@@ -57,8 +57,8 @@ def _clips(folder: Path) -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]
 
 def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dict:
     from evaluation.metrics import continuation_psnr, first_frame_psnr, freeze_frame_psnr, motion_agreement
-    from inference.cascade import Cascade
-    from inference.request import make_request
+    from pipeline.generation.cascade import Cascade
+    from pipeline.generation.request import make_request
     from pipeline.config import load_config
     from pipeline.diffusion.schedule import NoiseSchedule
     from pipeline.frames import centre_crop_box, crop_resize

@@ -53,7 +53,7 @@ from diffusers import UNet3DConditionModel  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' mapping and tiny components
-from inference.request import GenerationRequest  # noqa: E402
+from pipeline.generation.request import GenerationRequest  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.models.unet3d import UNet3D  # noqa: E402
 from tests.reference_models import diffusers_unet_kwargs, randomise, release_reference, sample_image  # noqa: E402

@@ -201,8 +201,8 @@ def _rounded(values: dict[str, float]) -> dict[str, int]:
 
 
 def sampler_comparison(preset: str, base: str, refiner: str, seeds: int) -> dict[str, Any]:
-    from inference.cascade import Cascade
-    from inference.request import make_request
+    from pipeline.generation.cascade import Cascade
+    from pipeline.generation.request import make_request
     from pipeline.config import load_config
 
     config = load_config(preset)
@@ -233,8 +233,8 @@ def sampler_comparison(preset: str, base: str, refiner: str, seeds: int) -> dict
 def stage_latency(preset: str, device: str) -> dict[str, Any]:
     import torch
 
-    from inference.cascade import Cascade
-    from inference.request import make_request
+    from pipeline.generation.cascade import Cascade
+    from pipeline.generation.request import make_request
     from pipeline.config import load_config
     from pipeline.models.build import build_denoiser
 

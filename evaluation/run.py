@@ -23,12 +23,12 @@ from evaluation.metrics import (
     motion_agreement,
 )
 from evaluation.page import write_page
-from inference.cascade import Cascade, Video
-from inference.request import GenerationRequest, RequestError, make_request
-from inference.video_files import contact_sheet, write_outputs
+from pipeline.generation.cascade import Cascade, Video
+from pipeline.generation.request import GenerationRequest, RequestError, make_request
+from pipeline.generation.video_files import contact_sheet, write_outputs
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
-from training.heldout import HeldoutClip, heldout_clips
+from pipeline.heldout import HeldoutClip, heldout_clips
 from training.validation import ValidationLosses, clips_batch, validation_losses
 
 # The means eval.json reports, in the order its table shows them. dynamic_degree is the

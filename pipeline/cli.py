@@ -140,9 +140,9 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from inference.cascade import Cascade
-    from inference.request import ImageError, RequestError, TooLargeError, decode_image, make_request
-    from inference.video_files import write_outputs
+    from pipeline.generation.cascade import Cascade
+    from pipeline.generation.request import ImageError, RequestError, TooLargeError, decode_image, make_request
+    from pipeline.generation.video_files import write_outputs
 
     config = _config_from(args)
     data = Path(args.image).read_bytes()

@@ -14,7 +14,7 @@ import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
 from PIL import Image
 
-from inference.cascade import Cascade
+from pipeline.generation.cascade import Cascade
 from pipeline.config import load_config
 from pipeline.config.schema import Config
 from pipeline.models.build import build_denoiser

@@ -161,7 +161,7 @@ def test_a_passing_failure_is_retried_and_never_stored_as_undecodable(encoded, m
     """Out of memory (which a CPU cannot be made to run out of: injected) is retried; a
     blob that is no video is stored as undecodable; a bug fails the batch."""
     import training.encode as encode
-    from training.data import MediaSource
+    from pipeline.curated_media import MediaSource
 
     config = load_config("tiny", overrides=SAME_GRID)
     rows = encode._rows_to_encode(encoded, config, "base", set())

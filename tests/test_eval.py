@@ -25,7 +25,7 @@ from evaluation.metrics import (
 from evaluation.run import METRICS
 from pipeline.cli import build_parser, cmd_eval_spectrum, main
 from pipeline.config.loader import ConfigError
-from training.heldout import heldout_clips
+from pipeline.heldout import heldout_clips
 
 # Every kept clip of the tiny corpus: its split column (if any) puts them all in training.
 WHERE_ALL = "true"

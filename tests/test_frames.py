@@ -11,11 +11,11 @@ from PIL import Image
 
 from curation.sources import MediaItem
 from curation.worker import process_item
-from inference.cascade import Cascade
-from inference.request import make_request
+from pipeline.generation.cascade import Cascade
+from pipeline.generation.request import make_request
 from pipeline.frames import centre_crop_box, crop_resize
 from pipeline.models.build import build_denoiser
-from training.data import stage_crop
+from pipeline.curated_media import stage_crop
 
 
 def _photo_like(width: int = 333, height: int = 197) -> np.ndarray:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from conftest import cli_in_process, write_tiny_exports
-from inference.cascade import Cascade, crop_wide, from_frames, refiner_seed, refiner_steps, resize_video
-from inference.request import ImageError, RequestError, TooLargeError, decode_image, make_request
+from pipeline.generation.cascade import Cascade, crop_wide, from_frames, refiner_seed, refiner_steps, resize_video
+from pipeline.generation.request import ImageError, RequestError, TooLargeError, decode_image, make_request
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.models.weights import WeightsError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.request import GenerationRequest
+from pipeline.generation.request import GenerationRequest
 from inference.serving.jobs import JobTable
 from inference.serving.results import ResultsLocation, new_job_id
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from inference.request import GenerationRequest
+from pipeline.generation.request import GenerationRequest
 from pipeline.diffusion.samplers import sampling_timesteps
 from pipeline.models.release_denoiser import ReleaseDenoiser
 from reference_models import release_reference, sample_image

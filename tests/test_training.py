@@ -316,8 +316,8 @@ def test_one_clip_is_memorised_and_regenerated_from_unseen_noise(data, tmp_path)
     match every frame's motion far better than the first frame held still does."""
     import numpy as np
 
-    from inference.cascade import Cascade
-    from inference.request import make_request
+    from pipeline.generation.cascade import Cascade
+    from pipeline.generation.request import make_request
     from training.data import MicroBatchLoader, load_catalog
 
     run = tmp_path / "overfit"
@@ -370,7 +370,8 @@ def test_stored_clips_are_read_exactly_by_seeking(data) -> None:
     import decord
     import numpy as np
 
-    from training.data import MediaSource, load_catalog
+    from pipeline.curated_media import MediaSource
+    from training.data import load_catalog
 
     catalog = load_catalog(data)
     media = MediaSource(str(data), images=False)
@@ -387,7 +388,8 @@ def test_the_loader_replaces_undecodable_media_and_fails_on_anything_else(data, 
     import numpy as np
 
     import training.data
-    from training.data import MediaSource, MicroBatchLoader, load_catalog
+    from pipeline.curated_media import MediaSource
+    from training.data import MicroBatchLoader, load_catalog
 
     config = load_config("tiny", overrides=["train.frame_counts=[8]", "train.frame_weights=[1]"])  # clips only
     batch = {"item": np.array([0])}  # rank 0's first step

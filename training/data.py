@@ -16,7 +16,6 @@ The driver never holds the rows: it checks the tables with a streaming scan
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
+from pipeline.curated_media import MediaSource, media_errors, stage_crop
 from pipeline.frames import crop_resize
 from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table, open_curated
 
@@ -276,64 +276,11 @@ class Planner:
         }
 
 
-class UndecodableMedia(Exception):
-    """A row's stored bytes are not media the decoder can read: bad data, not a fault."""
-
-
-def media_errors() -> tuple[type[BaseException], ...]:
-    """What damaged media raises: ``UndecodableMedia`` on opening it, decord's error while
-    decoding a clip's frames. Reading the blob (I/O) raises neither."""
-    import decord
-
-    return (UndecodableMedia, decord.DECORDError)
-
-
-class MediaSource:
-    """One process's handles on the curated media: a row's blob as decoded frames."""
-
-    def __init__(self, data_dir: str, images: bool) -> None:
-        # The version the catalog was read from: row ids are addresses within a version.
-        self.datasets = {"clips": open_curated(Path(data_dir) / CLIPS)}
-        if images:
-            self.datasets["images"] = open_curated(Path(data_dir) / IMAGES)
-
-    def blob(self, table: str, column: str, row_id: int) -> bytes:
-        """The stored bytes of one row's media (I/O: its errors are not bad media)."""
-        with self.datasets[table].take_blobs(column, ids=[row_id])[0] as f:
-            return f.read()
-
-    def video(self, row_id: int):
-        """The clip's stored mp4 as a decord reader (frames are decoded on request)."""
-        import decord
-
-        data = self.blob("clips", "video", row_id)
-        try:
-            return decord.VideoReader(io.BytesIO(data), num_threads=1)
-        except (decord.DECORDError, RuntimeError) as err:  # bytes it cannot open: "Error reading ..."
-            raise UndecodableMedia(f"clips row {row_id}: {err}") from err
-
-    def image(self, row_id: int) -> np.ndarray:
-        """The image as one RGB frame ``(1, H, W, 3)``."""
-        from PIL import Image
-
-        data = self.blob("images", "image", row_id)
-        try:
-            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]
-        except OSError as err:  # PIL's UnidentifiedImageError, a truncated file
-            raise UndecodableMedia(f"images row {row_id}: {err}") from err
-
-
 def window(length: int, frames: int, step: float, rng: np.random.Generator) -> list[int]:
     """``frames`` indices ``step`` apart from a random start, clamped to ``length`` frames."""
     span = int(np.floor((frames - 1) * step)) + 1
     start = int(rng.integers(0, max(1, length - span + 1)))
     return [min(length - 1, start + int(round(k * step))) for k in range(frames)]
-
-
-def stage_crop(meta: dict[str, Any], stage: str, table: str) -> tuple[list[int], float]:
-    """The row's crop for the stage and the scale from source pixels to the stored media."""
-    crop = meta["crop_base"] if stage == "base" else meta["crop_refiner"]
-    return crop, 1.0 if table == "images" else meta["video_width"] / meta["width"]
 
 
 class MicroBatchLoader:

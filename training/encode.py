@@ -30,7 +30,8 @@ from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.frames import crop_resize
 from pipeline.tables import ENCODED_SCHEMA, encoded_table
-from training.data import MediaSource, load_catalog, media_errors, stage_crop
+from pipeline.curated_media import MediaSource, media_errors, stage_crop
+from training.data import load_catalog
 from training.encodings import FINGERPRINT_KEY, first_difference, fingerprint, stage_conditions, stored_fingerprint
 
 # The per-row facts an encoder actor needs, read by the driver with the catalog.

@@ -25,7 +25,7 @@ from pipeline.models.stage_file import save_stage
 from pipeline.models.weights import load_into
 from pipeline.ray_runtime import init_ray
 from training.data import plan_dataset, put_catalog, rank_dataset_name, summarize_catalog, validate_shapes
-from training.heldout import heldout_rows
+from pipeline.heldout import heldout_rows
 from training.checkpointing import EMA_FILE
 from training.manifest import verify_checkpoint
 from training.loop import read_metrics, train_loop_per_worker

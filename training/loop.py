@@ -470,7 +470,7 @@ class RunLog:
         )
 
     def validation(self, step: int, losses: ValidationLosses, videos: list[tuple[str, np.ndarray]], fps: int) -> None:
-        from inference.video_files import contact_sheet, write_outputs
+        from pipeline.generation.video_files import contact_sheet, write_outputs
 
         self._record({"step": step, "kind": "validation", "validation_loss": losses.validation_loss,
                       "zero_prediction_loss": losses.zero_prediction_loss, "validation_ratio": losses.ratio})

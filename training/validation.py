@@ -75,10 +75,10 @@ def validation_losses(
 @torch.no_grad()
 def clips_batch(model: torch.nn.Module, encoders, vae, clips: list, fps: int, dtype: torch.dtype,
                 null_text: torch.Tensor | None = None) -> DiffusionBatch:
-    """Held-out clips (``training.heldout.HeldoutClip``) encoded for ``model``'s stage as the
+    """Held-out clips (``pipeline.heldout.HeldoutClip``) encoded for ``model``'s stage as the
     trainer encodes a micro-batch: what the validation loss of training and of
     ``i2vgen eval`` is taken on."""
-    from inference.cascade import from_frames
+    from pipeline.generation.cascade import from_frames
     from training.loop import diffusion_batch, encode_media
 
     device = next(model.parameters()).device
@@ -103,7 +103,7 @@ class Validator:
     """
 
     def __init__(self, config: Config, stage: str, data_dir: str, encoders, vae, null_text, device, dtype) -> None:
-        from training.heldout import heldout_clips
+        from pipeline.heldout import heldout_clips
 
         stage_cfg = getattr(config.stages, stage)
         self.config, self.stage, self.device, self.dtype = config, stage, device, dtype
@@ -132,8 +132,8 @@ class Validator:
     def samples(self, engine: torch.nn.Module) -> list[tuple[str, np.ndarray]]:
         """``(clip_id, uint8 (F, H, W, 3) video)`` per validation clip, sampled with the
         current weights at ``train.validation_sampling_steps``."""
-        from inference.cascade import Cascade
-        from inference.request import make_request
+        from pipeline.generation.cascade import Cascade
+        from pipeline.generation.request import make_request
 
         module = getattr(engine, "module", engine)
         if self._cascade is None:  # built once: it holds the live module, not a copy

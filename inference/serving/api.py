@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from inference.request import GenerationRequest, ImageError, RequestError, TooLargeError, decode_image, make_request
+from pipeline.generation.request import GenerationRequest, ImageError, RequestError, TooLargeError, decode_image, make_request
 from inference.serving.access import public_record
 from inference.serving.gate import FORM_OVERHEAD, Gate, IngressRules, configure
 from inference.serving.results import JOB_ID, ResultsLocation, new_job_id, request_parameters

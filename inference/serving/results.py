@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pyarrow.fs as pafs
 
-from inference.request import GenerationRequest
+from pipeline.generation.request import GenerationRequest
 
 # Job ids are uuid4 hex: nothing a client sends can name another path.
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")

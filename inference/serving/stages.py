@@ -28,10 +28,10 @@ from typing import Optional
 import torch
 from ray import serve
 
-from inference.cascade import Cascade, OnStep, Video
-from inference.request import GenerationRequest
+from pipeline.generation.cascade import Cascade, OnStep, Video
+from pipeline.generation.request import GenerationRequest
 from inference.serving.results import ResultsLocation
-from inference.video_files import mp4_bytes
+from pipeline.generation.video_files import mp4_bytes
 from pipeline.config.schema import Config, DeploymentConfig
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.config.loader import ConfigError
 from pipeline.frames import crop_resize
 from pipeline.tables import CLIPS, open_curated
-from training.data import MediaSource, stage_crop
+from pipeline.curated_media import MediaSource, stage_crop
 
 _COLUMNS = ["clip_id", "caption", "fps", "num_frames", "width", "video_width"]
 _CROP_STAGES = {"crop_base": "base", "crop_refiner": "refiner"}  # crop column -> stage_crop's stage

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from inference.request import GenerationRequest
+from pipeline.generation.request import GenerationRequest
 from pipeline.config.schema import Config
 from pipeline.diffusion.guidance import guided
 from pipeline.diffusion.noising import add_image_to_first_frame, renoise, sample_noise

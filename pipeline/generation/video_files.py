@@ -10,7 +10,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from inference.cascade import Video
+from pipeline.generation.cascade import Video
 
 
 def mp4_bytes(frames: Video, fps: int, crf: int = 18) -> bytes:
