@@ -85,7 +85,7 @@ def write_photo_pans(folder: Path, videos: int, seconds: float = 3.0, fps: int =
     import numpy as np
     from PIL import Image
 
-    from curation.synthetic import CameraShot, photo_like, sample_photographs, write_camera_video
+    from support.synthetic import CameraShot, photo_like, sample_photographs, write_camera_video
 
     folder.mkdir(parents=True, exist_ok=True)
     real = [np.asarray(Image.open(p).convert("RGB")) for p in sample_photographs()]
@@ -175,7 +175,8 @@ def motion_methods(videos, config) -> dict:
     import av
 
     from curation.analysis import analysis_size
-    from curation.scorers.motion import flow_magnitude, frames_with_reference_distances, motion_vector_magnitude
+    from curation.scorers.motion import frames_with_reference_distances, motion_vector_magnitude
+    from pipeline.flow import flow_magnitude
 
     times = {"decode": 0.0, "decode+motion_vectors": 0.0, "decode+farneback": 0.0}
     seconds = sum(info.duration for _, info in videos)
@@ -284,7 +285,7 @@ def main() -> None:
 
     import cv2
 
-    from curation.synthetic import write_long_video, write_sample_corpus
+    from support.synthetic import write_long_video, write_sample_corpus
 
     cv2.setNumThreads(1)  # as in the curation workers: the pool, one per core, is the parallelism
     from pipeline.config import load_config

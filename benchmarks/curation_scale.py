@@ -48,7 +48,7 @@ DISTINCT = 8  # distinct generated videos; the rest are remuxed copies
 
 
 def _distinct_videos(folder: Path, count: int, seconds: float) -> list[Path]:
-    from curation.synthetic import ShotSpec, write_video
+    from support.synthetic import ShotSpec, write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -42,7 +42,7 @@ def _clips(folder: Path) -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]
     """Training clips (whole, at the source size) and held-out ones, written once."""
     import decord
 
-    from curation.synthetic import ShotSpec, write_video
+    from support.synthetic import ShotSpec, write_video
 
     def read(kind: str, seed: int) -> np.ndarray:
         path = folder / f"{kind}_{seed}.mp4"
@@ -60,10 +60,10 @@ def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dic
     from pipeline.generation.cascade import Cascade
     from pipeline.generation.request import make_request
     from pipeline.config import load_config
-    from pipeline.diffusion.schedule import NoiseSchedule
+    from pipeline.diffusion.noise_schedule import NoiseSchedule
     from pipeline.frames import centre_crop_box, crop_resize
     from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
-    from training.losses import DiffusionBatch, diffusion_loss
+    from training.losses import diffusion_loss
     from training.optim import EMA, build_optimizer
 
     config = load_config("tiny", overrides=overrides)
@@ -76,7 +76,7 @@ def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dic
 
     torch.manual_seed(0)
     model, clip, vae = build_denoiser(config, "base"), build_clip(config), build_autoencoder(config)
-    schedule, (optimizer, rates) = NoiseSchedule(config.diffusion), build_optimizer(model, config.train)
+    noise_schedule, (optimizer, rates) = NoiseSchedule(config.diffusion), build_optimizer(model, config.train)
     ema = EMA(model, config.train.ema_decay, zero3=False)
     step0 = {k: v.clone() for k, v in ema.state_dict(model).items()}
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(1)
@@ -91,10 +91,9 @@ def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dic
             videos.append(prepare(video[first : first + stride * frames : stride][:count]))
         pixels = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         with torch.no_grad():
-            latents = vae.encode_video(pixels)
-            batch = DiffusionBatch(latents, clip.encode_image(pixels[:, :, 0]), torch.full((len(videos),), 8),
-                                   latents[:, :, 0])
-        loss, _ = diffusion_loss(model, schedule, batch, config, generator)
+            batch = model.conditioning.batch(*model.conditioning.encode(clip, vae, pixels, [""] * len(videos)),
+                                             torch.full((len(videos),), 8), torch.float32)
+        loss, _ = diffusion_loss(model, noise_schedule, batch, config, generator)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)

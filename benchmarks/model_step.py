@@ -39,10 +39,10 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
     import torch
 
     from pipeline.config import load_config
-    from pipeline.diffusion.schedule import NoiseSchedule
+    from pipeline.diffusion.noise_schedule import NoiseSchedule
     from pipeline.model_info import forward_flops, latent_shape
     from pipeline.models.build import build_denoiser
-    from training.losses import DiffusionBatch, diffusion_loss
+    from training.losses import diffusion_loss
 
     config = load_config(preset, overrides=overrides)
     if encoders:
@@ -60,19 +60,19 @@ def run_case(preset: str, overrides: list[str], device: str, dtype: str, batch: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    schedule = NoiseSchedule(config.diffusion)
+    noise_schedule = NoiseSchedule(config.diffusion)
     shape = latent_shape(config, "base", batch)
     latents = torch.randn(shape, device=device, dtype=torch_dtype)
-    data = DiffusionBatch(
-        latents=latents,
-        context=torch.randn(batch, 1, config.unet.cross_attention_dim, device=device, dtype=torch_dtype),
-        fps=torch.full((batch,), 8, device=device),
-        image_latent=latents[:, :, 0],
-    )
+    width = config.unet.cross_attention_dim
+    features = {"image_embeds": torch.randn(batch, 1, width, device=device),
+                "text": torch.randn(batch, 77, width, device=device)}  # what the stage reads of them
+    conditioning = getattr(model, "module", model).conditioning
+    null_text = torch.randn(1, 77, width, device=device) if conditioning.null_prompt else None
+    data = conditioning.batch(latents, features, torch.full((batch,), 8, device=device), torch_dtype, null_text)
     cuda = device.startswith("cuda")
 
     def step() -> None:
-        loss, _ = diffusion_loss(model, schedule, data, config)
+        loss, _ = diffusion_loss(model, noise_schedule, data, config)
         update(loss)
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -136,8 +136,8 @@ def deepspeed_engine(model, config, bf16: bool, cuda: bool):
                        "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    optimizer, schedule = build_optimizer(model, config.train, fused=cuda and config.train.fused_adamw)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+    optimizer, lr_scheduler = build_optimizer(model, config.train, fused=cuda and config.train.fused_adamw)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                            config=deepspeed_config(config, bf16))
 
     def update(loss) -> None:
@@ -148,15 +148,14 @@ def deepspeed_engine(model, config, bf16: bool, cuda: bool):
 
 
 def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> dict:
-    """Seconds per batch of the frozen encoders as ``training.loop.encode_media`` runs them
+    """Seconds per batch of the frozen encoders as a trainer runs them (``Conditioning.encode``)
     on decoded base-stage pixels (fp32, no autocast), and the allocator's peak."""
     import torch
 
     from pipeline.model_info import latent_shape
     from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
-    from training.loop import encode_media
 
-    denoiser = build_denoiser(config, "base", device="meta")  # only its stage and text flag are read
+    conditioning = build_denoiser(config, "base", device="meta").conditioning
     clip = build_clip(config, device=device)
     vae = build_autoencoder(config, device=device).to(device)
     _, _, frames, h, w = latent_shape(config, "base", batch)
@@ -166,7 +165,7 @@ def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> d
 
     def encode() -> None:
         with torch.no_grad():
-            encode_media(denoiser, clip, vae, pixels, [""] * batch)
+            conditioning.encode(clip, vae, pixels, [""] * batch)
 
     times = timed_runs(encode, steps, cuda)
     return {

@@ -74,7 +74,7 @@ def main() -> None:
 
 def _curated(work: Path, preset: str) -> Path:
     """A synthetic corpus curated with the paper's frame counts, so clips supply all four."""
-    from curation.synthetic import write_sample_corpus
+    from support.synthetic import write_sample_corpus
 
     write_sample_corpus(work / "corpus", videos=3, seed=2)
     subprocess.run([sys.executable, "-m", "pipeline", "curate", str(work / "corpus"), "--out", str(work / "data"),

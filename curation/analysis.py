@@ -25,9 +25,10 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from curation.dissolves import DissolveDetector
 from curation.keyframes import encode_jpeg
 from curation.probe import Rejected, VideoInfo, open_media
-from curation.scorers.motion import ReferenceOrder, flow_magnitude, motion_vector_magnitude, sample_motion
+from curation.scorers.motion import ReferenceOrder, motion_vector_magnitude, sample_motion
 from curation.scorers.subject import subject_share
 from pipeline.config.schema import CurationConfig
+from pipeline.flow import flow_magnitude
 
 MAX_DECODE_ERRORS = 50
 

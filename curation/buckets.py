@@ -18,11 +18,6 @@ def aspect_bucket(width: int, height: int) -> str:
     return min(ASPECT_BUCKETS, key=lambda name: abs(math.log(ASPECT_BUCKETS[name]) - ratio))
 
 
-def span_seconds(frames: int, sample_fps: float) -> float:
-    """How long a run of ``frames`` frames spaced at ``1 / sample_fps`` lasts."""
-    return (frames - 1) / sample_fps
-
-
 def frame_fps_pairs(
     num_frames: int, fps: float, frame_counts: Sequence[int], fps_values: Sequence[int]
 ) -> list[dict[str, int]]:

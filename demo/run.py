@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from curation.synthetic import ShotSpec, write_sample_corpus, write_video
 from demo.page import write_page
 from evaluation.compare import compare
 from evaluation.run import run_eval
 from pipeline.config import load_config
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
+from support.synthetic import ShotSpec, write_sample_corpus, write_video
 from training.loop import INITIAL_WEIGHTS
 
 log = logging.getLogger("demo")

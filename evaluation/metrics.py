@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.scorers.motion import flow_magnitude, mean_flow
+from pipeline.flow import flow_magnitude, mean_flow
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

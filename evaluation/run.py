@@ -29,7 +29,7 @@ from pipeline.generation.video_files import contact_sheet, write_outputs
 from pipeline.config.loader import ConfigError
 from pipeline.config.schema import Config
 from pipeline.heldout import HeldoutClip, heldout_clips
-from training.validation import ValidationLosses, clips_batch, validation_losses
+from pipeline.validation_loss import ValidationLosses, clips_batch, validation_losses
 
 # The means eval.json reports, in the order its table shows them. dynamic_degree is the
 # share of clips whose generated video moves (per clip: 0 or 1).
@@ -119,11 +119,11 @@ def base_validation_losses(
     ``seed + i``."""
     model = cascade.base  # eval mode since the cascade loaded it: no temporal dropout
     # The trainer's condition dropout replaces the text with the empty prompt's tokens.
-    null_text = cascade.clip.encode_text([""]) if model.text_conditioned else None
+    null_text = cascade.clip.encode_text([""]) if model.conditioning.null_prompt else None
     losses = []
     for i, clip in enumerate(heldout):
         batch = clips_batch(model, cascade.clip, cascade.vae, [clip], fps, cascade.dtype, null_text)
-        losses.append(validation_losses(model, cascade.schedule, batch, cascade.config, seed=seed + i))
+        losses.append(validation_losses(model, cascade.noise_schedule, batch, cascade.config, seed=seed + i))
     return losses
 
 

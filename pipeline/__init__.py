@@ -1,1 +1,2 @@
-"""What every stage shares: configs, table schemas, models, the diffusion core and the CLI."""
+"""The core every stage shares: configs, table schemas, models, the diffusion core, media.
+It imports no stage (``lint-imports`` checks it); the command line is ``commands``."""

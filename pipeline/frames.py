@@ -4,7 +4,7 @@
 A model trained on frames resampled one way and sampled from an image resampled another
 sees a shifted input distribution, so the box arithmetic and the resampling filter live
 here once (torch bilinear with antialiasing) and nowhere else. The released model's own
-preprocessing (``pipeline.generation.cascade.crop_wide``) is the exception: it must match the
+preprocessing (``pipeline.models.release_denoiser.crop_wide``) is the exception: it must match the
 published weights, not our training.
 """
 

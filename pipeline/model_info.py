@@ -15,7 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config.schema import Config
 from pipeline.models.build import Denoiser, build_autoencoder, build_clip, build_denoiser
-from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.parts import parameter_part
 
 
@@ -47,17 +46,11 @@ def latent_shape(config: Config, stage: str, batch: int = 1) -> tuple[int, int, 
 
 def forward_flops(model: Denoiser, config: Config, stage: str, device: str = "meta") -> int:
     """FLOPs of one forward (multiply-add counted as 2) at the stage's shape, batch 1."""
-    shape = latent_shape(config, stage)
-    x = torch.zeros(shape, device=device)
-    width = config.unet.cross_attention_dim
-    context = torch.zeros(1, 77 if model.text_conditioned else 1, width, device=device)
-    image_latent = torch.zeros(shape[:2] + shape[3:], device=device) if stage == "base" else None
-    # The released architecture also takes the image's CLIP embedding.
-    extra = {"image_embedding": torch.zeros(1, 1, width, device=device)} if isinstance(model, ReleaseDenoiser) else {}
+    x = torch.zeros(latent_shape(config, stage), device=device)
+    conditions = model.conditioning.example_conditions(x, config.unet.cross_attention_dim)
     step = torch.zeros(1, dtype=torch.long, device=device)
-    fps = torch.full((1,), 8, dtype=torch.long, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, step, context, fps=fps, image_latent=image_latent, **extra)
+        model(x, step, **conditions)
     return int(counter.get_total_flops())
 
 
@@ -67,8 +60,9 @@ def stage_info(config: Config, stage: str) -> StageInfo:
     clip_image = sum(p.numel() for n, p in clip.model.named_parameters() if n.startswith("visual."))
     clip_total = sum(p.numel() for p in clip.model.parameters())
     vae = sum(p.numel() for p in build_autoencoder(config, device="meta").parameters())
-    frozen = {"clip_image": clip_image, "vae": vae} if stage == "base" else {
-        "clip_text": clip_total - clip_image, "vae": vae}
+    conditioning = model.conditioning
+    frozen = ({"clip_image": clip_image} if conditioning.image_features else {}) | (
+        {"clip_text": clip_total - clip_image} if conditioning.text_features else {}) | {"vae": vae}
     return StageInfo(stage, count_parts(model), frozen, latent_shape(config, stage), forward_flops(model, config, stage))
 
 

@@ -76,7 +76,7 @@ def tiny_curated(tmp_path_factory) -> Path:
     import subprocess
     import sys
 
-    from curation.synthetic import write_sample_corpus
+    from support.synthetic import write_sample_corpus
 
     corpus = tmp_path_factory.mktemp("train_corpus")
     write_sample_corpus(corpus, videos=2, seed=5)
@@ -90,7 +90,7 @@ def tiny_curated(tmp_path_factory) -> Path:
 def cli_in_process(*args: str) -> subprocess.CompletedProcess:
     """The CLI's entry function in this process (the same parser and commands as
     ``python -m pipeline``, without paying the imports again for every call)."""
-    from pipeline.cli import main
+    from commands.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -322,7 +322,7 @@ def _subcommands(parser) -> set[str]:
 
 
 def test_every_pipeline_command_is_one_the_cli_accepts() -> None:
-    from pipeline.cli import build_parser
+    from commands.main import build_parser
     from pipeline.config.loader import load_config
 
     commands = commands_to_check()
@@ -413,7 +413,7 @@ def test_runtime_env_file_is_valid_and_uploads_only_code() -> None:
         package = Path(tmp) / "package.zip"
         create_package(str(ROOT), package, include_gitignore=True, excludes=env["excludes"])
         names = zipfile.ZipFile(package).namelist()
-    assert "pipeline/cli.py" in names and "pyproject.toml" in names
+    assert "commands/main.py" in names and "pyproject.toml" in names
     for prefix in (".venv/", ".git/", "runs/", "data/", "benchmarks/results/"):
         assert not any(n.startswith(prefix) for n in names), f"{prefix} would be uploaded"
     assert not any(".lance/" in n for n in names)

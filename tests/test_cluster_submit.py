@@ -14,8 +14,8 @@ from pathlib import Path
 import lance
 import pytest
 
-from curation.synthetic import write_sample_corpus
 from pipeline.local_cluster import RAY, local_cluster
+from support.synthetic import write_sample_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 

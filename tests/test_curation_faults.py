@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from curation.finalize import KILL_AFTER_ENV
-from curation.synthetic import ShotSpec, write_sample_corpus, write_video
 from pipeline.tables import CLIPS, IMAGES, REJECTS
+from support.synthetic import ShotSpec, write_sample_corpus, write_video
 
 pytestmark = pytest.mark.slow  # each test curates corpora of its own
 ARGS = ["--preset", "tiny", "--quiet", "--set", "curation.commit_every_s=0"]

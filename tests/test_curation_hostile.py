@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.synthetic import ShotSpec, photo_like, write_video
 from pipeline.config import load_config
 from pipeline.tables import CLIPS, IMAGES, REJECTS
+from support.synthetic import ShotSpec, photo_like, write_video
 
 ARGS = ["--preset", "tiny", "--quiet", "--set", "curation.commit_every_s=0",
         "--set", 'curation.allowed_roots=["/", "s3://corpus/"]']

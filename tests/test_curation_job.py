@@ -18,8 +18,8 @@ import decord
 import lance
 import pytest
 
-from curation.synthetic import write_sample_corpus
 from pipeline.tables import CLIPS, IMAGES, REJECTS
+from support.synthetic import write_sample_corpus
 
 ARGS = ["--preset", "tiny", "--quiet", "--set", "curation.commit_every_s=0"]
 

@@ -24,10 +24,10 @@ from curation.decisions import balancing_weights, keep_and_reasons
 from curation.probe import Rejected, _timestamps, probe_video
 from curation.sources import MediaItem, expand_inputs, media_kind, read_caption
 from curation.split import clip_from_segment
-from curation.synthetic import ShotSpec, write_broken_files, write_video
 from curation.worker import process_item
 from pipeline.config import load_config
 from pipeline.config.schema import FiltersConfig, ProbeConfig
+from support.synthetic import ShotSpec, write_broken_files, write_video
 
 SHOTS = [
     ShotSpec("static", 40, seed=1),

@@ -25,7 +25,7 @@ from pipeline.diffusion.samplers import (
     dpm_solver_pp_sample,
     sampling_timesteps,
 )
-from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 
 PAPER = DiffusionConfig()  # linear_sd, v-prediction
 RELEASE = DiffusionConfig(schedule="cosine", zero_terminal_snr=True)

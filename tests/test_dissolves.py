@@ -18,7 +18,8 @@ from curation.analysis import Segment, iter_segments
 from curation.dissolves import unexplained_share
 from curation.probe import VideoInfo, probe_video
 from curation.split import clip_from_segment
-from curation.synthetic import (
+from pipeline.config import load_config
+from support.synthetic import (
     CameraShot,
     SyntheticVideo,
     photo_like,
@@ -26,7 +27,6 @@ from curation.synthetic import (
     smooth_gradient,
     write_camera_video,
 )
-from pipeline.config import load_config
 
 LOW = (448, 256)  # the base stage's size: decoding is cheap, the detectors' share is large
 ANALYSIS_WIDTH = 256  # the tiny preset's analysis width: speeds below are in its pixels

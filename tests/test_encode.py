@@ -44,7 +44,8 @@ def encoded(tiny_curated, tmp_path_factory) -> Path:
     catalog = load_catalog(data, include_val=True)  # validation rows are encoded too
     rows = catalog.clips.num_rows + catalog.images.num_rows
     assert summaries["base"]["encoded"] == rows and summaries["base"]["undecodable"] == 0
-    assert summaries["refiner"]["encoded"] == rows + 1  # and the empty prompt's tokens
+    # The paper's refiner drops its text to zeros: no empty prompt's tokens (the release base's test stores them).
+    assert summaries["refiner"]["encoded"] == rows
     return data
 
 
@@ -86,7 +87,6 @@ def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path,
     tensors equal those it computes from the media."""
     from pipeline.models.build import build_denoiser
     from training.encode import encode_stage
-    from training.loop import EncoderOutputs, diffusion_batch, encode_media
 
     data = tmp_path / "data"
     shutil.copytree(encoded, data)
@@ -104,12 +104,15 @@ def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path,
     media = MicroBatchLoader(load_catalog(data), config, "base")(_step(1))
     pixels = torch.from_numpy(np.array(media["video"][0])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     fps = torch.full((pixels.shape[0],), int(stored["fps"][0]))
+    conditioning = model.conditioning
     with torch.no_grad():
-        computed = encode_media(model, clip, vae, pixels, str(media["caption"][0]).split("\x1f"))
-    ours = diffusion_batch(model, EncoderOutputs.from_stored(stored, torch.device("cpu")), fps, torch.float32, null_text)
-    theirs = diffusion_batch(model, computed, fps, torch.float32, clip.encode_text([""]))
-    for field in ("latents", "context", "image_latent", "image_embedding", "null_context"):
-        torch.testing.assert_close(getattr(ours, field), getattr(theirs, field), atol=1e-4, rtol=1e-4)
+        computed = conditioning.encode(clip, vae, pixels, str(media["caption"][0]).split("\x1f"))
+    ours = conditioning.batch(*conditioning.from_stored(stored, torch.device("cpu")), fps, torch.float32, null_text)
+    theirs = conditioning.batch(*computed, fps, torch.float32, clip.encode_text([""]))
+    torch.testing.assert_close(ours.latents, theirs.latents, atol=1e-4, rtol=1e-4)
+    assert set(ours.conditions) == {"context", "fps", "image_latent", "image_embedding", "null_context"}
+    for name, value in ours.conditions.items():
+        torch.testing.assert_close(value, theirs.conditions[name], atol=1e-4, rtol=1e-4)
 
 
 def test_rerun_resumes_and_other_encoders_are_refused(encoded, tmp_path, ray_local) -> None:

@@ -17,13 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from commands.evaluate import cmd_eval_spectrum
+from commands.main import build_parser, main
 from evaluation.compare import compare
 from evaluation.metrics import (
     clip_consistency, continuation_psnr, first_frame_psnr, flicker, freeze_frame_psnr, mean_flow_magnitude,
     motion_agreement, psnr,
 )
 from evaluation.run import METRICS
-from pipeline.cli import build_parser, cmd_eval_spectrum, main
 from pipeline.config.loader import ConfigError
 from pipeline.heldout import heldout_clips
 

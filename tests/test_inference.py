@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from commands.main import main
 from conftest import cli_in_process, write_tiny_exports
-from pipeline.generation.cascade import Cascade, crop_wide, from_frames, refiner_seed, refiner_steps, resize_video
+from pipeline.generation.cascade import Cascade, from_frames, refiner_seed, refiner_steps, resize_video
+from pipeline.models.release_denoiser import crop_wide
 from pipeline.generation.request import ImageError, RequestError, TooLargeError, decode_image, make_request
-from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.models.weights import WeightsError
 
@@ -95,7 +96,7 @@ def test_the_refiner_starts_from_the_renoised_base_at_step_tr(cascade, image) ->
         hook.remove()
     latents = cascade.vae.encode_video(resize_video(from_frames([base_video]), 224, 128))
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(refiner_seed(request.seed)))
-    expected = cascade.schedule.add_noise(latents, noise, 599)
+    expected = cascade.noise_schedule.add_noise(latents, noise, 599)
     sample, timestep = calls[0]
     assert timestep.tolist() == [599, 599]  # T_r - 1, for the conditional and the null branch
     torch.testing.assert_close(sample[:1], expected, atol=1e-5, rtol=1e-5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 from pipeline.models.build import build_denoiser
-from training.losses import DiffusionBatch, diffusion_loss
+from pipeline.models.conditioning import DiffusionBatch
+from training.losses import diffusion_loss
 
 
 def _batch(cfg, stage: str, frames: int = 4) -> DiffusionBatch:
@@ -15,12 +16,9 @@ def _batch(cfg, stage: str, frames: int = 4) -> DiffusionBatch:
     f = cfg.vae.factor
     latents = torch.randn(2, cfg.unet.in_channels, frames, s.height // f, s.width // f) * 0.5
     ctx_len = 1 if stage == "base" else 77
-    return DiffusionBatch(
-        latents=latents,
-        context=torch.randn(2, ctx_len, cfg.unet.cross_attention_dim),
-        fps=torch.tensor([4, 8]),
-        image_latent=latents[:, :, 0] if stage == "base" else None,
-    )
+    features = {"image_embeds" if stage == "base" else "text": torch.randn(2, ctx_len, cfg.unet.cross_attention_dim)}
+    conditioning = build_denoiser(cfg, stage, device="meta").conditioning
+    return DiffusionBatch(latents, conditioning.conditions(latents, features, torch.tensor([4, 8])))
 
 
 @pytest.mark.slow  # the CLI overfit run in test_training.py checks the same end to end

@@ -181,7 +181,7 @@ def test_pixel_latents_have_about_unit_variance(tmp_path) -> None:
     bring the sample corpus's pixel blocks there (unscaled they had a std of about 0.38)."""
     import decord
 
-    from curation.synthetic import ShotSpec, write_video
+    from support.synthetic import ShotSpec, write_video
 
     written = write_video(tmp_path / "v.mp4", [ShotSpec(kind, 12, seed=s) for s, kind in
                                                  enumerate(("pan", "moving_shape", "static", "texture"))])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.synthetic import write_sample_corpus
+from support.synthetic import write_sample_corpus
 
 
 @pytest.fixture

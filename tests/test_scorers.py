@@ -13,15 +13,16 @@ import torch
 from safetensors.torch import save_file
 
 from curation.scorers.aesthetic import QualityScorer, build_aesthetic_scorer
-from curation.scorers.laion import ClipAestheticScorer, LaionAestheticHead
+from curation.scorers.laion import ClipAestheticScorer
 from curation.scorers.motion import (
-    flow_magnitude,
     frames_with_reference_distances,
     motion_vector_magnitude,
     motion_vector_score,
     sample_motion,
 )
 from curation.scorers.subject import saliency_map, subject_share
+from pipeline.flow import flow_magnitude
+from pipeline.models.aesthetic_head import LaionAestheticHead
 from pipeline.models.weights import WeightsError
 
 FPS = 24

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
-from curation.synthetic import (
+from support.synthetic import (
     VFR_DELTAS_MS,
     ShotSpec,
     SyntheticVideo,

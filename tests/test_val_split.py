@@ -9,9 +9,9 @@ from pathlib import Path
 import lance
 import pytest
 
+from commands.main import main
 from curation.decisions import split_of
 from curation.finalize import finalize
-from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.config.loader import ConfigError
 from pipeline.tables import CLIPS, IMAGES

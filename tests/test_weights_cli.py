@@ -139,7 +139,7 @@ def test_import_of_a_mismatched_checkpoint_names_the_key(tmp_path) -> None:
 def test_release_fine_tune_from_vgen_weights_then_export(tmp_path) -> None:
     """The released model fine-tuned with our DeepSpeed job: --init VGen's .pth, two steps,
     then export both ways."""
-    from curation.synthetic import write_sample_corpus
+    from support.synthetic import write_sample_corpus
 
     unet = _release_unet()
     folder = _vgen_folder(tmp_path / "models", unet)

@@ -32,7 +32,7 @@ from pipeline.frames import crop_resize
 from pipeline.tables import ENCODED_SCHEMA, encoded_table
 from pipeline.curated_media import MediaSource, media_errors, stage_crop
 from training.data import load_catalog
-from training.encodings import FINGERPRINT_KEY, first_difference, fingerprint, stage_conditions, stored_fingerprint
+from training.encodings import FINGERPRINT_KEY, first_difference, fingerprint, stage_conditioning, stored_fingerprint
 
 # The per-row facts an encoder actor needs, read by the driver with the catalog.
 ROW_COLUMNS = ["table", "id", "row_id", "fps", "width", "video_width", "crop_base", "crop_refiner", "caption"]
@@ -72,7 +72,7 @@ class StageEncoder:
         self.config = config
         self.stage = stage
         self.size = (getattr(config.stages, stage).width, getattr(config.stages, stage).height)
-        self.image, self.text = stage_conditions(config, stage)
+        self.conditioning = stage_conditioning(config, stage)
         self.media = MediaSource(data_dir, has_images)
         self.vae = build_autoencoder(config, device=self.device)
         self.clip = build_clip(config, device=self.device)
@@ -109,7 +109,7 @@ class StageEncoder:
     @torch.no_grad()
     def _encode(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         if row["table"] == "prompt":
-            return {"text": self.clip.encode_text([row["caption"]]).to(self.dtype).cpu()}
+            return {k: v.to(self.dtype).cpu() for k, v in self.conditioning.caption_features(self.clip, row["caption"]).items()}
         crop, scale = stage_crop(row, self.stage, row["table"])
         if row["table"] == "images":
             chunks = [self.media.image(row["row_id"])]
@@ -118,18 +118,15 @@ class StageEncoder:
             picked = grid_indices(len(reader), row["fps"], self.config.encode.grid_fps)
             step = self.config.encode.batch_frames
             chunks = (reader.get_batch(picked[i : i + step]).asnumpy() for i in range(0, len(picked), step))
-        latents, embeds = [], []
+        latents, per_frame = [], []
         for frames in chunks:
             rgb = torch.from_numpy(crop_resize(frames, crop, self.size, scale)).to(self.device)
             pixels = rgb.permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W), as the trainer scales
             latents.append(self.vae.encode(pixels))
-            if self.image:
-                embeds.append(self.clip.encode_image(pixels))
+            per_frame.append(self.conditioning.frame_features(self.clip, pixels))
         tensors = {"latents": torch.cat(latents)}
-        if self.image:
-            tensors["image_embeds"] = torch.cat(embeds)
-        if self.text:
-            tensors["text"] = self.clip.encode_text([row["caption"] or ""])
+        tensors |= {name: torch.cat([f[name] for f in per_frame]) for name in per_frame[0]}
+        tensors |= self.conditioning.caption_features(self.clip, row["caption"] or "")
         return {k: v.to(self.dtype).cpu().contiguous() for k, v in tensors.items()}
 
 
@@ -154,7 +151,7 @@ def _rows_to_encode(data_dir: Path, config: Config, stage: str, done: set[tuple[
                     "width": meta["width"], "video_width": meta.get("video_width", meta["width"]),
                     "crop_base": meta["crop_base"], "crop_refiner": meta["crop_refiner"], "caption": meta["caption"],
                 })
-    if stage_conditions(config, stage)[1] and ("prompt", "") not in done:
+    if stage_conditioning(config, stage).null_prompt and ("prompt", "") not in done:
         rows.append({"table": "prompt", "id": "", "row_id": 0, "fps": 0.0, "width": 1, "video_width": 1,
                      "crop_base": [0, 0, 1, 1], "crop_refiner": [0, 0, 1, 1], "caption": ""})
     return pa.Table.from_pylist(rows)

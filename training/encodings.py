@@ -10,28 +10,29 @@ its own and every row it may draw is covered.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from pipeline.config.loader import ConfigError
+from pipeline.config.marks import defining_keys
 from pipeline.config.schema import Config
 from pipeline.tables import encoded_table
+
+if TYPE_CHECKING:
+    from pipeline.models.conditioning import Conditioning
 
 FINGERPRINT_KEY = b"i2vgen.encoding"
 
 
-def stage_conditions(config: Config, stage: str) -> tuple[bool, bool]:
-    """(image embeddings, text tokens): the CLIP features the stage's denoiser reads.
-
-    The base (both architectures) sees its first frame's image embedding; the refiner and
-    the released base see the caption."""
+def stage_conditioning(config: Config, stage: str) -> "Conditioning":
+    """What the stage's denoiser reads, and so what encoding it stores (the model is built on
+    the meta device: nothing is allocated)."""
     from pipeline.models.build import build_denoiser
 
-    model = build_denoiser(config, stage, device="meta")
-    return model.stage == "base", bool(model.text_conditioned)
+    return build_denoiser(config, stage, device="meta").conditioning
 
 
 def _weights_identity(path: Optional[str]) -> Optional[dict[str, Any]]:
@@ -44,20 +45,22 @@ def _weights_identity(path: Optional[str]) -> Optional[dict[str, Any]]:
 
 
 def fingerprint(config: Config, stage: str) -> dict[str, Any]:
-    """Every setting that changes the stored tensors of ``stage``."""
-    size = getattr(config.stages, stage)
-    image, text = stage_conditions(config, stage)
-    return {
-        "stage": stage,
-        "width": size.width,
-        "height": size.height,
-        "vae": {**asdict(config.vae), "weights": _weights_identity(config.vae.weights)},
-        "clip": {**asdict(config.clip), "weights": _weights_identity(config.clip.weights)},
-        "image_embeds": image,
-        "text": text,
-        "grid_fps": config.encode.grid_fps,
-        "dtype": config.encode.dtype,
-    }
+    """Every setting that changes the stored tensors of ``stage``: the keys the schema marks
+    as encoding-defining (a weights path as its identity) and the CLIP features the stage
+    reads. Shaped as the first tables' fingerprints were, so that theirs still compare equal:
+    the stage's and the encode section's keys by their own names (``width``, ``dtype``), the
+    others under their section (``vae.kind``)."""
+    conditioning = stage_conditioning(config, stage)
+    out: dict[str, Any] = {"stage": stage, "image_embeds": conditioning.image_features,
+                           "text": conditioning.text_features}
+    for key, value in defining_keys(config, "encoding", stage).items():
+        for own in (f"stages.{stage}.", "encode."):
+            key = key.removeprefix(own)
+        section, _, name = key.rpartition(".")
+        if name == "weights":
+            value = _weights_identity(value)
+        (out.setdefault(section, {}) if section else out)[name] = value
+    return out
 
 
 def stored_fingerprint(uri: Path) -> Optional[dict[str, Any]]:
@@ -163,12 +166,11 @@ def _usable(catalog, config: Config, stage: str) -> tuple[str, Optional[Encoding
             return f"{uri.name} lacks {len(missing)} of {len(ids)} rows of {name} (first {missing[0]})", None
         rows[name] = np.array([by_id[(name, i)][0] for i in ids], dtype=np.uint64)
         frames[name] = np.array([by_id[(name, i)][1] for i in ids], dtype=np.int64)
-    image, text = wanted["image_embeds"], wanted["text"]  # the conditions the fingerprint records
-    tensors = ("latents",) + (("image_embeds",) if image else ()) + (("text",) if text else ())
-    if text and ("prompt", "") not in by_id:
+    conditioning = stage_conditioning(config, stage)
+    if conditioning.null_prompt and ("prompt", "") not in by_id:
         return f"{uri.name} lacks the empty prompt's tokens (run `i2vgen encode` again)", None
-    null_text = _null_text(uri, by_id[("prompt", "")][0]) if text else None
-    return "", Encodings(rows, frames, config.encode.grid_fps, tensors, null_text)
+    null_text = _null_text(uri, by_id[("prompt", "")][0]) if conditioning.null_prompt else None
+    return "", Encodings(rows, frames, config.encode.grid_fps, conditioning.stored, null_text)
 
 
 def _null_text(uri: Path, row_id: int) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from pipeline.config.loader import ConfigError, config_to_dict, from_dict, validate
+from pipeline.config.marks import defining_keys, flatten
 from pipeline.config.schema import Config
 from pipeline.models.build import build_denoiser
 from pipeline.models.diffusers_folder import save_diffusers_folder
@@ -32,10 +33,6 @@ from training.loop import read_metrics, train_loop_per_worker
 from training.validation import default_val_where
 
 CONFIG_FILE = "config.yaml"
-# What a resumed run may not change: the model's shape, its conditioning and the training
-# objective (the stage's own keys are added per run). The rest (steps, intervals, rates,
-# workers, data filters) may change between attempts.
-MODEL_AND_OBJECTIVE = ("stage", "model", "unet", "global_encoder", "clip", "vae", "diffusion")
 
 
 class TrainingStopped(RuntimeError):
@@ -70,30 +67,20 @@ def checkpoint_step(folder: Optional[Path]) -> int:
     return 0 if folder is None else int(json.loads((folder / "metrics.json").read_text())["step"])
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_resume_config(run: Path, stage: str, config: Config, allow_change: bool) -> None:
     """Refuse to resume a run under a config whose model or objective differs from the one
     its checkpoints were trained with, naming the first key that differs: a resume would
     otherwise continue on the old weights with, say, another prediction target, and export
-    would stamp the new config on them. With ``allow_change`` the old config is kept beside
-    the new one as ``config.before_step_N.yaml``."""
+    would stamp the new config on them. What may not change: the stage and the keys the schema
+    marks as model- or objective-defining, the stage's own among them; the rest (steps,
+    intervals, rates, workers, data filters) may. With ``allow_change`` the old config is
+    kept beside the new one as ``config.before_step_N.yaml``."""
     folder = latest_checkpoint(run)
     if folder is None or not (run / CONFIG_FILE).exists():
         return
-    before = _flat(yaml.safe_load((run / CONFIG_FILE).read_text()))
-    now = _flat({"stage": stage, **config_to_dict(config)})
-    changed = [key for key in sorted(set(before) | set(now))
-               if key.split(".")[0] in MODEL_AND_OBJECTIVE or key.startswith(f"stages.{stage}.")
-               if before.get(key) != now.get(key)]
+    before = flatten(yaml.safe_load((run / CONFIG_FILE).read_text()))
+    now = {"stage": stage, **defining_keys(config, ("model", "objective"), stage)}
+    changed = [key for key in sorted(now) if before.get(key) != now[key]]
     if not changed:
         return
     key = changed[0]

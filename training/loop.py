@@ -25,16 +25,15 @@ import numpy as np
 import torch
 
 from pipeline.config.schema import Config
-from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip, build_denoiser
 from pipeline.models.init_weights import initialise
-from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.stage_file import save_stage
 from pipeline.models.vae import ImageAutoencoder
 from training.checkpointing import TrainState, restore, save_and_report
 from training.data import rank_dataset_name
 from training.encodings import Encodings
-from training.losses import DiffusionBatch, diffusion_loss
+from training.losses import diffusion_loss
 from training.mfu import device_peak_flops, training_flops_per_token
 from training.optim import EMA, build_optimizer, group_rates
 from training.validation import ValidationLosses, Validator
@@ -58,59 +57,6 @@ def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
-
-
-@dataclass
-class EncoderOutputs:
-    """What the frozen encoders give for a micro-batch, computed on the trainer or read back
-    from ``i2vgen encode``'s table: latents ``(B, C, F, h, w)``, the first frame's CLIP
-    image embedding ``(B, 1, D)`` (base) and the captions' tokens ``(B, L, D)`` (refiner and
-    the released base)."""
-
-    latents: torch.Tensor
-    image_embeds: Optional[torch.Tensor] = None
-    text: Optional[torch.Tensor] = None
-
-    @classmethod
-    def from_stored(cls, batch: dict[str, Any], device: torch.device) -> "EncoderOutputs":
-        def tensor(name: str) -> Optional[torch.Tensor]:
-            return torch.from_numpy(np.array(batch[name][0])).to(device) if name in batch else None
-
-        return cls(tensor("latents"), tensor("image_embeds"), tensor("text"))
-
-
-def encode_media(
-    model: Denoiser, clip: ClipEncoders, vae: ImageAutoencoder, pixels: torch.Tensor, captions: list[str]
-) -> EncoderOutputs:
-    """Run the frozen encoders on decoded pixels ``(B, 3, F, H, W)`` in [-1, 1], for what
-    this stage's denoiser reads."""
-    return EncoderOutputs(
-        vae.encode_video(pixels),
-        clip.encode_image(pixels[:, :, 0]) if model.stage == "base" else None,
-        clip.encode_text(captions) if model.text_conditioned else None,
-    )
-
-
-def diffusion_batch(
-    model: Denoiser, encoded: EncoderOutputs, fps: torch.Tensor, dtype: torch.dtype,
-    null_text: Optional[torch.Tensor] = None,
-) -> DiffusionBatch:
-    """What this stage's denoiser is conditioned on. The paper's base sees the first frame
-    (CLIP embedding and latent), the refiner the captions, the released model both, plus
-    ``null_text`` (the empty prompt's tokens ``(1, L, D)``, encoded once per run) for
-    condition dropout."""
-    latents = encoded.latents.to(dtype)
-    image_latent = latents[:, :, 0] if model.stage == "base" else None
-    if not model.text_conditioned:
-        return DiffusionBatch(latents, encoded.image_embeds.to(dtype), fps, image_latent)
-    text = encoded.text.to(dtype)
-    if model.stage != "base":
-        return DiffusionBatch(latents, text, fps)
-    return DiffusionBatch(
-        latents, text, fps, image_latent,
-        image_embedding=encoded.image_embeds.to(dtype),
-        null_context=null_text.to(dtype).expand(len(text), -1, -1),
-    )
 
 
 @dataclass
@@ -158,9 +104,9 @@ def build(loop_config: dict[str, Any]) -> Worker:
         loaded = initialise(model, loop_config["init"])
         if rank == 0:
             print(loaded, flush=True)
-    optimizer, schedule = build_optimizer(model, train, fused=train.fused_adamw and device.type == "cuda")
-    engine, optimizer, _, schedule = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config, use_bf16)
+    optimizer, lr_scheduler = build_optimizer(model, train, fused=train.fused_adamw and device.type == "cuda")
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(config, use_bf16)
     )
     ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3, master_weights=use_bf16)
     checkpoint = ray.train.get_checkpoint()
@@ -174,13 +120,13 @@ def build(loop_config: dict[str, Any]) -> Worker:
     if stored is None or train.validate_every:  # the frozen encoders run here, outside the engine
         clip = build_clip(config, device=device)
         vae = build_autoencoder(config, device=device).to(device)
-    if stored is None:
-        # The released model drops its text to the empty prompt: the same tokens every step.
-        null_text = clip.encode_text([""]) if isinstance(model, ReleaseDenoiser) else None
-    elif isinstance(model, ReleaseDenoiser):
-        null_text = torch.from_numpy(stored.null_text).to(device)
-    else:
+    # Where dropped text becomes the empty prompt's tokens: the same tokens every step.
+    if not model.conditioning.null_prompt:
         null_text = None
+    elif stored is None:
+        null_text = clip.encode_text([""])
+    else:
+        null_text = torch.from_numpy(stored.null_text).to(device)
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     run_dir = Path(loop_config["run_dir"])
     validator = (Validator(config, stage, loop_config["data_dir"], clip, vae, null_text, device, dtype)
@@ -237,18 +183,18 @@ class StepOutput:
 def train_step(worker: Worker, item: MicroBatch, measure: bool) -> StepOutput:
     """Encode (or read the stored encodings), the diffusion loss, backward, the optimizer
     step and the EMA update."""
-    train, batch = worker.config.train, item.batch
+    train, batch, conditioning = worker.config.train, item.batch, worker.model.conditioning
     with torch.no_grad():
         if worker.stored:
-            encoded = EncoderOutputs.from_stored(batch, worker.device)
+            latents, features = conditioning.from_stored(batch, worker.device)
         else:
             video = torch.from_numpy(np.array(batch["video"][0])).to(worker.device)
             pixels = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-            encoded = encode_media(worker.model, worker.clip, worker.vae, pixels,
-                                   str(batch["caption"][0]).split("\x1f"))
-    samples, _, frames, height, width = encoded.latents.shape
+            latents, features = conditioning.encode(worker.clip, worker.vae, pixels,
+                                                    str(batch["caption"][0]).split("\x1f"))
+    samples, _, frames, height, width = latents.shape
     fps = torch.full((samples,), int(batch["fps"][0]), device=worker.device)
-    data = diffusion_batch(worker.model, encoded, fps, worker.dtype, worker.null_text)
+    data = conditioning.batch(latents, features, fps, worker.dtype, worker.null_text)
     loss, timesteps = diffusion_loss(worker.engine, worker.noise_schedule, data, worker.config, worker.state.generator)
     if worker.state.step + 1 == train.debug_nan_step:
         loss = loss * float("nan")

@@ -36,8 +36,9 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                                   fused=fused or None)
     warmup = max(cfg.warmup_steps, 0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
-    return optimizer, schedule
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    return optimizer, lr_scheduler
 
 
 def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -1,7 +1,7 @@
-"""The LAION aesthetic predictor: CLIP ViT-L/14 image embeddings and a small MLP head, from
-local weight files. A module of its own so that the weight-free path (``aesthetic.py``)
-never imports torch and open_clip: a curation worker without these weights starts in
-about a second instead of ten."""
+"""The LAION aesthetic predictor: CLIP ViT-L/14 image embeddings and the LAION head
+(``pipeline.models.aesthetic_head``), from local weight files. A module of its own so that
+the weight-free path (``aesthetic.py``) never imports torch and open_clip: a curation
+worker without these weights starts in about a second instead of ten."""
 
 from __future__ import annotations
 
@@ -11,37 +11,9 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from pipeline.models.aesthetic_head import LAION_EMBED_DIM, LaionAestheticHead
 from pipeline.models.weights import load_into, read_state_dict
-
-LAION_EMBED_DIM = 768  # CLIP ViT-L/14's image embedding, what the released head was fit on
-
-
-class LaionAestheticHead(nn.Module):
-    """LAION's "improved aesthetic predictor" (``sac+logos+ava1-l14-linearMSE.pth``).
-
-    Module names match the released file so it loads as is. Upstream commented its ReLUs
-    out, so the whole head is one affine map of the L2-normalised CLIP ViT-L/14 image
-    embedding; the dropouts only mattered in training.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(LAION_EMBED_DIM, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        """``(N, 768)`` normalised embeddings -> ``(N,)`` scores."""
-        return self.layers(embedding).squeeze(-1)
 
 
 class ClipAestheticScorer:

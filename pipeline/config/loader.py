@@ -276,11 +276,14 @@ def validate(config: Config) -> None:
         raise ConfigError("serving.results_dir: must name a folder or a URI")
 
 
+def _span_seconds(frames: int, sample_fps: float) -> float:
+    """How long a run of ``frames`` frames spaced at ``1 / sample_fps`` lasts."""
+    return (frames - 1) / sample_fps
+
+
 def _validate_curation(config: Config) -> None:
     """Limits that would otherwise fail a job hours in, and (frames, fps) shapes that
     training would sample but no clip that curation cuts could ever supply."""
-    from curation.buckets import span_seconds
-
     cfg, train = config.curation, config.train
     if cfg.max_retries < 0 or cfg.images_per_task < 1:
         raise ConfigError("curation.max_retries: must be >= 0 and curation.images_per_task >= 1")
@@ -294,10 +297,10 @@ def _validate_curation(config: Config) -> None:
             raise ConfigError(f"curation.{key}: must be positive, got {value}")
     fastest = max(train.fps_values)
     for frames in train.frame_counts:
-        if frames < 1 or span_seconds(frames, fastest) > cfg.split.max_seconds:
+        if frames < 1 or _span_seconds(frames, fastest) > cfg.split.max_seconds:
             raise ConfigError(
                 f"train.frame_counts: {frames} frames fit in no curated clip: even at {fastest} fps "
-                f"(the largest of train.fps_values) they span {span_seconds(frames, fastest):g} s, "
+                f"(the largest of train.fps_values) they span {_span_seconds(frames, fastest):g} s, "
                 f"more than curation.split.max_seconds={cfg.split.max_seconds:g}"
             )
     if min(train.fps_values) < 1:

@@ -7,8 +7,25 @@ rejects unknown keys and wrong types with the key's dotted path in the message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Literal, Optional
+
+# What a key can define besides its own effect, so that another value makes something made
+# under the old one mean something else. model: the denoiser's architecture, conditioning
+# and frozen encoders (trained weights); objective: what training optimises (a resumed run);
+# encoding: the tensors `i2vgen encode` stores (an encoded table).
+Kind = Literal["model", "objective", "encoding"]
+DEFINES = "defines"
+RUN_ONLY = "run_only"
+
+
+def defining(*kinds: Kind, default: Any = MISSING, default_factory: Any = MISSING, run_only: bool = False) -> Any:
+    """A field marked with the ``kinds`` it defines: the checks that compare two configs (an
+    exported stage file, a resumed run, an encoded table; ``pipeline.config.marks``) read the
+    marks beside the keys, so a new key cannot be left out of them as from a hand-kept list.
+    ``run_only``: the key binds a training run but not the weights it exports (it acts only
+    in training, or is a path on one machine), so exported stage files are not checked on it."""
+    return field(default=default, default_factory=default_factory, metadata={DEFINES: frozenset(kinds), RUN_ONLY: run_only})
 
 
 @dataclass
@@ -19,14 +36,16 @@ class ModelConfig:
     image latent added to the first frame's noise). ``release``: the single-stage model that
     was published (diffusers' ``I2VGenXLUNet``: the image latent concatenated to the input,
     77 text + 64 local-image + 4 global-image context tokens). The refiner is always the
-    paper's; ``release`` usually runs without one.
+    paper's; ``release`` usually runs without one. ``package.module:factory`` names an
+    architecture of one's own: a callable ``(config, stage) -> denoiser`` whose denoiser
+    carries its ``Conditioning`` (``pipeline.models.build.architecture``).
     """
 
-    arch: Literal["paper", "release"] = "paper"
+    arch: str = defining("model", default="paper")
     # The paper's base sees the image latent only in frame 0's starting noise (and through
     # the global encoder); true also concatenates it to every frame's input, as the released
     # model does, so later frames see the image directly (tiny: see README, Learning).
-    image_concat: bool = False
+    image_concat: bool = defining("model", default=False)
 
 
 @dataclass
@@ -34,38 +53,40 @@ class UNetConfig:
     """The 3D UNet shared by the base and the refiner (the refiner starts from the base)."""
 
     # Latent channels in and out; must equal the VAE's latent channels.
-    in_channels: int = 4
-    out_channels: int = 4
+    in_channels: int = defining("model", default=4)
+    out_channels: int = defining("model", default=4)
     # Channels per resolution level (SD 2.1: 320, 640, 1280, 1280).
-    block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
+    block_out_channels: list[int] = defining("model", default_factory=lambda: [320, 640, 1280, 1280])
     # Whether each level has spatial/temporal attention (SD 2.1: all but the lowest resolution).
-    attention_levels: list[bool] = field(default_factory=lambda: [True, True, True, False])
+    attention_levels: list[bool] = defining("model", default_factory=lambda: [True, True, True, False])
     # ResNet blocks per level on the way down (the way up has one more).
-    layers_per_block: int = 2
+    layers_per_block: int = defining("model", default=2)
     # Channels per attention head (SD 2.1 uses 64 everywhere).
-    head_dim: int = 64
+    head_dim: int = defining("model", default=64)
     # Heads of the temporal transformer right after conv_in (ModelScope T2V uses 8).
-    conv_in_temporal_heads: int = 8
-    norm_num_groups: int = 32
+    conv_in_temporal_heads: int = defining("model", default=8)
+    norm_num_groups: int = defining("model", default=32)
     # Width of the cross-attention context (ViT-H/14's embedding is 1024).
-    cross_attention_dim: int = 1024
-    # Dropout inside the temporal convolutions (ModelScope T2V uses 0.1).
-    temporal_dropout: float = 0.1
+    cross_attention_dim: int = defining("model", default=1024)
+    # Dropout inside the temporal convolutions (ModelScope T2V uses 0.1): a training regulariser,
+    # so part of the objective, and an exported stage runs under any value.
+    temporal_dropout: float = defining("objective", default=0.1, run_only=True)
     # Add an FPS embedding to the timestep embedding (the paper trains with dynamic FPS).
-    use_fps_embedding: bool = True
-    # Recompute activations in the backward pass to save memory.
-    gradient_checkpointing: bool = False
+    use_fps_embedding: bool = defining("model", default=True)
+    # Recompute activations in the backward pass to save memory. It changes no result, so
+    # exports ignore it; marked with its section, a resume still keeps it.
+    gradient_checkpointing: bool = defining("model", default=False, run_only=True)
 
 
 @dataclass
 class GlobalEncoderConfig:
     """The trainable global encoder of the paper's Table 1, over the image's VAE latent."""
 
-    stem_channels: int = 64
+    stem_channels: int = defining("model", default=64)
     # Side of the adaptive average pool after the stem (32 in the paper).
-    pool_size: int = 32
+    pool_size: int = defining("model", default=32)
     # Output channels of the stride-2 stages; the pool size halves at each and must end at 2.
-    stage_channels: list[int] = field(default_factory=lambda: [256, 512, 512, 1024])
+    stage_channels: list[int] = defining("model", default_factory=lambda: [256, 512, 512, 1024])
 
 
 @dataclass
@@ -73,62 +94,70 @@ class ClipConfig:
     """The frozen open_clip model: its image tower for the base, its text tower for the refiner."""
 
     # An open_clip architecture name ("ViT-H-14") or "tiny" (a small random model, no weights).
-    arch: str = "ViT-H-14"
+    arch: str = defining("model", "encoding", default="ViT-H-14")
     # A local weights file (safetensors, or a torch checkpoint loaded with weights_only=True).
-    weights: Optional[str] = None
+    # A path on one machine: exports are not checked against it.
+    weights: Optional[str] = defining("model", "encoding", default=None, run_only=True)
 
 
 @dataclass
 class VAEConfig:
     """The image autoencoder: SD 2.1's AutoencoderKL, or a weight-free lossless stand-in."""
 
-    kind: Literal["sd", "pixel_unshuffle"] = "sd"
+    kind: Literal["sd", "pixel_unshuffle"] = defining("model", "encoding", default="sd")
     # Spatial downsampling of the pixel_unshuffle autoencoder (the SD VAE's follows its levels).
-    factor: int = 8
+    factor: int = defining("model", "encoding", default=8)
     # Shape of the SD VAE built without weights (SD 2.1's; tests use a smaller one).
-    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
-    norm_num_groups: int = 32
-    # A local weights path for the SD VAE (a diffusers folder or a single file).
-    weights: Optional[str] = None
+    block_out_channels: list[int] = defining("model", "encoding", default_factory=lambda: [128, 256, 512, 512])
+    norm_num_groups: int = defining("model", "encoding", default=32)
+    # A local weights path for the SD VAE (a diffusers folder or a single file); a path on one
+    # machine: exports are not checked against it.
+    weights: Optional[str] = defining("model", "encoding", default=None, run_only=True)
     # Latents are (raw - shift_factor) * scaling_factor, so that the diffusion model sees
     # about unit variance: the noise schedule's SNR assumes it (SD's VAE: 0.18215 from its
     # own config when this is null; the pixel stand-in: 1.0 when null, but raw pixels in
     # [-1, 1] have a std of about 0.35, which the tiny preset corrects).
-    scaling_factor: Optional[float] = None
-    shift_factor: float = 0.0
+    scaling_factor: Optional[float] = defining("model", "encoding", default=None)
+    shift_factor: float = defining("model", "encoding", default=0.0)
 
 
 @dataclass
 class DiffusionConfig:
     """The noise schedule and the parameterisation the UNet predicts."""
 
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = defining("objective", default=1000)
     # linear_sd: SD's linear-in-sqrt betas (the paper); cosine: the released model's schedule.
-    schedule: Literal["linear_sd", "linear", "cosine"] = "linear_sd"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
+    schedule: Literal["linear_sd", "linear", "cosine"] = defining("objective", default="linear_sd")
+    beta_start: float = defining("objective", default=0.00085)
+    beta_end: float = defining("objective", default=0.012)
     # Rescale the schedule so the last step has zero SNR (the released model does).
-    zero_terminal_snr: bool = False
-    prediction: Literal["v", "epsilon", "sample"] = "v"
-    # Offset noise strength: one extra N(0,1) per (sample, channel, frame), times this.
-    offset_noise: float = 0.1
+    zero_terminal_snr: bool = defining("objective", default=False)
+    prediction: Literal["v", "epsilon", "sample"] = defining("objective", default="v")
+    # Offset noise strength: one extra N(0,1) per (sample, channel, frame), times this. It shapes
+    # the training noise and a generation's start noise only: a stage runs under any value.
+    offset_noise: float = defining("objective", default=0.1, run_only=True)
 
 
 @dataclass
 class StageConfig:
     """What differs between the base and the refiner: frame size, timestep range, dropout."""
 
-    width: int
-    height: int
-    frames: int = 16
+    # All of a stage's keys shape its training (a resume keeps them), none its weights: an
+    # exported stage generates at other sizes and frame counts, so exports are not checked
+    # against them. The size is also the crop that stored encodings were made at.
+    width: int = defining("objective", "encoding", run_only=True)
+    height: int = defining("objective", "encoding", run_only=True)
+    frames: int = defining("objective", default=16, run_only=True)
     # The stage trains on timesteps in [0, max_timestep) (the refiner: 600).
-    max_timestep: int = 1000
+    max_timestep: int = defining("objective", default=1000, run_only=True)
     # Probability of dropping the condition in training, for classifier-free guidance.
-    condition_dropout: float = 0.1
+    condition_dropout: float = defining("objective", default=0.1, run_only=True)
 
 
 @dataclass
 class StagesConfig:
+    """One section per stage, named as the stage: its marks define that stage only."""
+
     base: StageConfig = field(default_factory=lambda: StageConfig(width=448, height=256))
     refiner: StageConfig = field(
         default_factory=lambda: StageConfig(width=1280, height=720, max_timestep=600)
@@ -445,8 +474,8 @@ class EncodeConfig:
 
     # Latents are stored for frames spaced 1/grid_fps s apart; each train.fps_values entry
     # must divide it, so every (frames, fps) draw is a strided slice of the grid.
-    grid_fps: int = 16
-    dtype: Literal["float16", "float32"] = "float16"
+    grid_fps: int = defining("encoding", default=16)
+    dtype: Literal["float16", "float32"] = defining("encoding", default="float16")
     # Rows per Lance commit: a killed run redoes at most one chunk.
     chunk_rows: int = 32
     # Encoder actors (each holds the VAE and CLIP) and the GPUs each takes.

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 
 
 def sample_noise(
@@ -56,11 +56,11 @@ def condition_keep_mask(
 
 
 def renoise(
-    schedule: NoiseSchedule, x0: torch.Tensor, t: int, generator: Optional[torch.Generator] = None
+    noise_schedule: NoiseSchedule, x0: torch.Tensor, t: int, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
     """SDEdit: a finished latent video taken back to step ``t`` of the forward process,
     where the refiner starts (the paper's T_r). The noise is drawn on the generator's
     device, so a CPU generator gives the same noise whichever device ``x0`` is on."""
     where = generator.device if generator is not None else x0.device
     noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device, x0.dtype)
-    return schedule.add_noise(x0, noise, t)
+    return noise_schedule.add_noise(x0, noise, t)

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.diffusion.schedule import NoiseSchedule
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 
 Denoise = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -36,7 +36,7 @@ def sampling_timesteps(num_steps: int, start: int, spacing: str = "trailing", of
 
 
 def ddim_sample(
-    schedule: NoiseSchedule,
+    noise_schedule: NoiseSchedule,
     denoise: Denoise,
     x: torch.Tensor,
     timesteps: Sequence[int],
@@ -47,10 +47,10 @@ def ddim_sample(
     """DDIM (Song et al., 2021) from ``timesteps[0]`` to the clean sample (step -1)."""
     steps = list(timesteps) + [-1]
     for t, t_prev in tqdm(list(zip(steps[:-1], steps[1:])), desc="ddim", disable=not progress):
-        x0, eps = schedule.to_x0_eps(denoise(x, t), x, t)
-        alpha_prev, sigma_prev = schedule.alpha_sigma(t_prev, x)
+        x0, eps = noise_schedule.to_x0_eps(denoise(x, t), x, t)
+        alpha_prev, sigma_prev = noise_schedule.alpha_sigma(t_prev, x)
         if eta > 0 and t_prev >= 0:
-            alpha, sigma = schedule.alpha_sigma(t, x)
+            alpha, sigma = noise_schedule.alpha_sigma(t, x)
             ratio = (sigma_prev / sigma) * (1 - (alpha / alpha_prev) ** 2).clamp(min=0).sqrt()
             extra = eta * ratio
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -61,7 +61,7 @@ def ddim_sample(
 
 
 def dpm_solver_pp_sample(
-    schedule: NoiseSchedule,
+    noise_schedule: NoiseSchedule,
     denoise: Denoise,
     x: torch.Tensor,
     timesteps: Sequence[int],
@@ -77,11 +77,11 @@ def dpm_solver_pp_sample(
     prev_x0: Optional[torch.Tensor] = None
     prev_lambda: Optional[torch.Tensor] = None
     for i, t in enumerate(tqdm(steps, desc="dpm++", disable=not progress)):
-        x0, _ = schedule.to_x0_eps(denoise(x, t), x, t)
+        x0, _ = noise_schedule.to_x0_eps(denoise(x, t), x, t)
         if i == len(steps) - 1:
             return x0
-        alpha_s, sigma_s = _clamped_alpha_sigma(schedule, t, x)
-        alpha_t, sigma_t = _clamped_alpha_sigma(schedule, steps[i + 1], x)
+        alpha_s, sigma_s = _clamped_alpha_sigma(noise_schedule, t, x)
+        alpha_t, sigma_t = _clamped_alpha_sigma(noise_schedule, steps[i + 1], x)
         lambda_s, lambda_t = torch.log(alpha_s / sigma_s), torch.log(alpha_t / sigma_t)
         h = lambda_t - lambda_s
         phi = torch.expm1(-h)  # e^{-h} - 1
@@ -94,15 +94,15 @@ def dpm_solver_pp_sample(
     return x
 
 
-def _clamped_alpha_sigma(schedule: NoiseSchedule, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _clamped_alpha_sigma(noise_schedule: NoiseSchedule, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha, sigma with alpha kept off zero, so log-SNR stays finite on zero-terminal-SNR
     schedules (diffusers does the same with alphas_cumprod[-1] = 2**-24)."""
-    alpha, sigma = schedule.alpha_sigma(t, like)
+    alpha, sigma = noise_schedule.alpha_sigma(t, like)
     return alpha.clamp(min=2**-12), sigma
 
 
 def ddim_invert(
-    schedule: NoiseSchedule,
+    noise_schedule: NoiseSchedule,
     denoise: Denoise,
     x0: torch.Tensor,
     timesteps: Sequence[int],
@@ -118,8 +118,8 @@ def ddim_invert(
     x = x0
     for t_low, t_high in tqdm(list(zip(up[:-1], up[1:])), desc="ddim-inversion", disable=not progress):
         query = max(t_low, 0)
-        x0_hat, eps = schedule.to_x0_eps(denoise(x, query), x, t_low)
-        alpha, sigma = schedule.alpha_sigma(t_high, x)
+        x0_hat, eps = noise_schedule.to_x0_eps(denoise(x, query), x, t_low)
+        alpha, sigma = noise_schedule.alpha_sigma(t_high, x)
         x = alpha * x0_hat + sigma * eps
     return x
 

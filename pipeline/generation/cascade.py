@@ -17,15 +17,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from pipeline.generation.request import GenerationRequest
 from pipeline.config.schema import Config
 from pipeline.diffusion.guidance import guided
-from pipeline.diffusion.noising import add_image_to_first_frame, renoise, sample_noise
+from pipeline.diffusion.noising import renoise, sample_noise
 from pipeline.diffusion.samplers import SAMPLERS, Denoise, sampling_timesteps
-from pipeline.diffusion.schedule import NoiseSchedule
-from pipeline.frames import image_to_tensor
+from pipeline.diffusion.noise_schedule import NoiseSchedule
 from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip
 from pipeline.models.stage_file import load_stage
 from pipeline.models.vae import ImageAutoencoder
@@ -55,35 +53,6 @@ def refiner_steps(steps: int, refine_from: int, num_train_timesteps: int) -> int
 def refiner_seed(seed: int) -> int:
     """The refiner's noise stream, distinct from the base's for the same request seed."""
     return (seed * 1_000_003 + 1) % 2**63
-
-
-def crop_wide(image: np.ndarray, width: int, height: int) -> Image.Image:
-    """VGen's ``CenterCropWide``: the centre of the image that, scaled with a box filter,
-    just covers ``width x height``. The released model saw its conditions
-    prepared this way, so it is how its base stage prepares them here. It is deliberately
-    not ``pipeline.frames``' crop-and-resize, which the paper architecture trains and samples
-    with: this one must match the published weights, not our training."""
-    pil = Image.fromarray(image)
-    scale = min(pil.width / width, pil.height / height)
-    scaled_w, scaled_h = round(pil.width // scale), round(pil.height // scale)  # VGen's size
-    # VGen scales the whole image, then crops. The crop's pixels are the same when only
-    # its box is cut from the source and scaled (each output pixel averages the same source
-    # span), and a very elongated image then never becomes a huge allocation.
-    left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
-    # Output pixels inside VGen's scaled image (its floor division can leave it a pixel short
-    # of the target, and its crop then pads black there, as here).
-    x0, y0 = max(0, -left), max(0, -top)
-    x1, y1 = min(width, scaled_w - left), min(height, scaled_h - top)
-    sx, sy = pil.width / scaled_w, pil.height / scaled_h
-    box = ((left + x0) * sx, (top + y0) * sy, (left + x1) * sx, (top + y1) * sy)
-    out = Image.new("RGB", (width, height))
-    out.paste(pil.resize((x1 - x0, y1 - y0), Image.Resampling.BOX, box=box), (x0, y0))
-    return out
-
-
-def pil_tensor(image: Image.Image) -> torch.Tensor:
-    """``(3, H, W)`` in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
 
 
 def to_frames(pixels: torch.Tensor) -> list[Video]:
@@ -130,11 +99,12 @@ class Cascade:
         self.refiner = None if refiner is None else refiner.to(self.device, dtype).eval()
         self.clip = clip or build_clip(config, self.device)  # fp32: its input normalisation is fp32
         self.vae = vae or build_autoencoder(config, self.device).to(dtype).eval()
-        self.schedule = NoiseSchedule(config.diffusion)
-        # The negative prompt is fixed by the config: its tokens are encoded once, not per batch.
+        self.noise_schedule = NoiseSchedule(config.diffusion)
+        # Where the null condition is a prompt's tokens, it is the negative prompt, fixed by
+        # the config: its tokens are encoded once, not per batch.
         self.negative_text = (
             self.clip.encode_text([config.sampling.negative_prompt]).to(dtype)
-            if self.base is not None and self.base.text_conditioned else None
+            if any(m is not None and m.conditioning.null_prompt for m in (self.base, self.refiner)) else None
         )
 
     @classmethod
@@ -200,50 +170,24 @@ class Cascade:
         that share a ``batch_key`` (what parity checks against other implementations read)."""
         if self.base is None:
             raise RuntimeError("this cascade has no base stage")
-        first, sampling = requests[0], self.config.sampling
-        conditions = self._base_conditions(requests)
-        image_latent = conditions["image_latent"]
-        shape = (1, self.vae.latent_channels, first.frames, *image_latent.shape[-2:])
-        # Offset noise is the paper's; the released model samples from plain noise (VGen, diffusers).
-        offset = self.config.diffusion.offset_noise if self.base.adds_image_to_noise else 0.0
+        first, sampling, stage = requests[0], self.config.sampling, self.config.stages.base
+        conditioning = self.base.conditioning
+        conditions = conditioning.request_conditions(
+            self.clip, self.vae, requests, stage.width, stage.height, self.negative_text, self.device, self.dtype
+        )
+        factor = self.config.vae.factor
+        shape = (1, self.vae.latent_channels, first.frames, stage.height // factor, stage.width // factor)
+        offset = self.config.diffusion.offset_noise if conditioning.samples_with_offset_noise else 0.0
         noise = torch.cat(
             [sample_noise(shape, offset, torch.Generator().manual_seed(r.seed)) for r in requests]
         ).to(self.device, self.dtype)
-        # The detail encoder: sampling starts from noise that already holds the image on frame 0.
-        x = add_image_to_first_frame(noise, image_latent) if self.base.adds_image_to_noise else noise
+        # The paper's detail encoder: sampling starts from noise that holds the image on frame 0.
+        x = conditioning.start_noise(noise, conditions)
         denoise = guided(self.base, conditions, torch.tensor([r.guidance for r in requests]))
         timesteps = sampling_timesteps(
-            first.steps, self.schedule.num_train_timesteps, sampling.spacing, sampling.steps_offset
+            first.steps, self.noise_schedule.num_train_timesteps, sampling.spacing, sampling.steps_offset
         )
         return self._sample(first.sampler, denoise, x, timesteps, "base", on_step)
-
-    def _base_conditions(self, requests: list[GenerationRequest]) -> dict[str, torch.Tensor]:
-        """The paper's base sees the image (CLIP embedding, and its latent through the global
-        encoder); the released model also the prompt, with the negative prompt's tokens in
-        the unconditional branch, and the image prepared as VGen prepares it."""
-        stage = self.config.stages.base
-        fps = self._fps(requests)
-        if not self.base.text_conditioned:
-            images = torch.stack([image_to_tensor(r.image, stage.width, stage.height) for r in requests])
-            images = images.to(self.device)
-            return {
-                "context": self.clip.encode_image(images).to(self.dtype),
-                "fps": fps,
-                "image_latent": self.vae.encode(images.to(self.dtype)),
-            }
-        side = self.clip.image_size if isinstance(self.clip.image_size, int) else self.clip.image_size[0]
-        images = torch.stack([pil_tensor(crop_wide(r.image, stage.width, stage.height)) for r in requests])
-        squares = torch.stack(
-            [pil_tensor(crop_wide(r.image, stage.width, stage.width).resize((side, side), Image.Resampling.BILINEAR))
-             for r in requests]
-        )
-        return {
-            "context": self.clip.encode_text([r.prompt for r in requests]).to(self.dtype),
-            "null_context": self.negative_text.expand(len(requests), -1, -1),
-            "image_embedding": self.clip.encode_image(squares.to(self.device)).to(self.dtype),
-            "fps": fps,
-            "image_latent": self.vae.encode(images.to(self.device, self.dtype)),
-        }
 
     def _refiner_batch(
         self, videos: list[Video], requests: list[GenerationRequest], on_step: Optional[StepCounter]
@@ -253,24 +197,21 @@ class Cascade:
         stage, first = self.config.stages.refiner, requests[0]
         pixels = resize_video(from_frames(videos), stage.width, stage.height).to(self.device, self.dtype)
         latents = self.vae.encode_video(pixels, self.config.sampling.decode_chunk)
-        num_steps = refiner_steps(first.steps, first.refine_from, self.schedule.num_train_timesteps)
+        num_steps = refiner_steps(first.steps, first.refine_from, self.noise_schedule.num_train_timesteps)
         timesteps = sampling_timesteps(num_steps, first.refine_from)
         # SDEdit: each base video's latent taken back to step T_r - 1, the refiner's first step.
         x = torch.cat(
             [
-                renoise(self.schedule, latents[i : i + 1], timesteps[0], torch.Generator().manual_seed(refiner_seed(r.seed)))
+                renoise(self.noise_schedule, latents[i : i + 1], timesteps[0], torch.Generator().manual_seed(refiner_seed(r.seed)))
                 for i, r in enumerate(requests)
             ]
         )
-        context = self.clip.encode_text([r.prompt for r in requests]).to(self.dtype)
-        denoise = guided(
-            self.refiner, {"context": context, "fps": self._fps(requests)}, torch.tensor([r.guidance for r in requests])
+        conditions = self.refiner.conditioning.request_conditions(
+            self.clip, self.vae, requests, stage.width, stage.height, self.negative_text, self.device, self.dtype
         )
+        denoise = guided(self.refiner, conditions, torch.tensor([r.guidance for r in requests]))
         refined = self._sample(first.sampler, denoise, x, timesteps, "refiner", on_step)
         return to_frames(self.vae.decode_video(refined, self.config.sampling.decode_chunk))
-
-    def _fps(self, requests: list[GenerationRequest]) -> torch.Tensor:
-        return torch.tensor([r.fps for r in requests], device=self.device)
 
     def _sample(
         self, sampler: str, denoise: Denoise, x: torch.Tensor, timesteps: list[int], stage: str,
@@ -286,4 +227,4 @@ class Cascade:
                 on_step(stage, done, len(timesteps))
             return out
 
-        return SAMPLERS[sampler](self.schedule, counted, x, timesteps)
+        return SAMPLERS[sampler](self.noise_schedule, counted, x, timesteps)

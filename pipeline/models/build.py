@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, TypeVar
 
 import torch
@@ -16,8 +17,10 @@ from pipeline.models.release_denoiser import ReleaseDenoiser
 from pipeline.models.vae import ImageAutoencoder, build_vae
 
 Module = TypeVar("Module", bound=nn.Module)
-# Both take (x_t, t, context, fps, image_latent, keep_condition=..., **extra conditions).
-Denoiser = StageDenoiser | ReleaseDenoiser
+# A stage's trainable model: an nn.Module with ``stage`` and ``conditioning``
+# (``pipeline.models.conditioning``), called as ``model(x_t, t, keep_condition=..., **conditions)``.
+Denoiser = nn.Module
+ArchitectureFactory = Callable[[Config, str], nn.Module]
 # Both give encode_image(pixels) -> (B, 1, D) and encode_text(prompts) -> (B, 77, D).
 ClipEncoders = FrozenOpenCLIP | TransformersCLIP
 
@@ -36,14 +39,39 @@ def check_context_width(config: Config) -> None:
         )
 
 
+def _paper(config: Config, stage: str) -> nn.Module:
+    return StageDenoiser(config, stage)
+
+
+def _release(config: Config, stage: str) -> nn.Module:
+    """The released base on diffusers' ``I2VGenXLUNet``; its refiner is the paper's."""
+    return ReleaseDenoiser(config) if stage == "base" else StageDenoiser(config, stage)
+
+
+ARCHITECTURES: dict[str, ArchitectureFactory] = {"paper": _paper, "release": _release}
+
+
+def architecture(name: str) -> ArchitectureFactory:
+    """``model.arch``: a built-in name, or ``package.module:factory``, a callable
+    ``(config, stage) -> denoiser`` imported by every process that builds the model (Ray
+    workers import it by name too), so an architecture of one's own is one file."""
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    module, sep, attribute = name.partition(":")
+    if not sep or not module or not attribute:
+        raise ConfigError(f"model.arch: {name!r} is neither one of {sorted(ARCHITECTURES)} nor 'package.module:factory'")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"model.arch: cannot import {name!r}: {err}") from err
+
+
 def build_denoiser(config: Config, stage: str, device: str | torch.device = "cpu") -> Denoiser:
-    """The stage's trainable model: the paper's, or for ``model.arch: release`` the base
-    built on diffusers' ``I2VGenXLUNet`` (the refiner is always the paper's)."""
+    """The stage's trainable model for ``model.arch``."""
     check_context_width(config)
+    factory = architecture(config.model.arch)
     with torch.device(device):
-        if config.model.arch == "release" and stage == "base":
-            return ReleaseDenoiser(config)
-        return StageDenoiser(config, stage)
+        return factory(config, stage)
 
 
 def _frozen(factory: Callable[[], Module], device: str | torch.device) -> Module:

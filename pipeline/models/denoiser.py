@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.config.schema import Config
+from pipeline.models.conditioning import PaperImageConditioning, PaperTextConditioning
 from pipeline.models.global_encoder import GlobalEncoder
 from pipeline.models.unet3d import UNet3D
 
@@ -35,6 +36,7 @@ class StageDenoiser(nn.Module):
         if stage not in ("base", "refiner"):
             raise ValueError(f"stage must be 'base' or 'refiner', got {stage!r}")
         self.stage = stage
+        self.conditioning = PaperImageConditioning() if stage == "base" else PaperTextConditioning()
         self.concats_image = stage == "base" and config.model.image_concat
         # With image_concat the UNet reads [x_t, image latent] per frame: twice the channels in.
         unet_in = config.unet.in_channels * (2 if self.concats_image else 1)
@@ -44,15 +46,6 @@ class StageDenoiser(nn.Module):
             if stage == "base"
             else None
         )
-
-    @property
-    def adds_image_to_noise(self) -> bool:
-        """The base starts from noise holding the image latent on frame 0 (the detail encoder)."""
-        return self.stage == "base"
-
-    @property
-    def text_conditioned(self) -> bool:
-        return self.stage == "refiner"
 
     def condition(
         self,

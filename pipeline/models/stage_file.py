@@ -15,16 +15,10 @@ import torch
 import yaml
 
 from pipeline.config.loader import config_to_dict
+from pipeline.config.marks import defining_keys, flatten
 from pipeline.config.schema import Config
 from pipeline.models.build import Denoiser, build_denoiser
 from pipeline.models.weights import WeightsError, load_into, read_state_dict
-
-# Config keys that decide whether a trained stage means the same thing under another config.
-# Dropout and checkpointing only matter in training, offset noise only to the start noise.
-_IGNORED = {"unet.gradient_checkpointing", "unet.temporal_dropout", "diffusion.offset_noise", "clip.weights",
-            "vae.weights"}
-_SECTIONS = ("model", "unet", "global_encoder", "clip", "vae", "diffusion")
-
 
 def save_stage(state: Mapping[str, torch.Tensor], path: str | Path, stage: str, config: Config, step: int) -> Path:
     from safetensors.torch import save_file
@@ -53,16 +47,15 @@ def read_stage_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(file_config: Mapping[str, Any], config: Config, source: str) -> None:
-    """Raise naming the first model-defining key where the file's config differs from ``config``."""
-    ours = config_to_dict(config)
-    for section in _SECTIONS:
-        for key, value in ours[section].items():
-            dotted = f"{section}.{key}"
-            theirs = file_config.get(section, {}).get(key, value)
-            if dotted not in _IGNORED and theirs != value:
-                hint = f" (it was trained with preset {file_config.get('preset')!r})" if file_config.get("preset") else ""
-                raise WeightsError(f"{source}: {dotted} is {theirs!r} in the file but {value!r} in this config{hint}")
+def check_compatible(file_config: Mapping[str, Any], stage: str, config: Config, source: str) -> None:
+    """Raise naming the first key that decides what the stage's weights mean (the schema's
+    model and objective keys, less the run-only ones) where the file's config differs from
+    ``config``. A key the file predates counts as equal."""
+    theirs = flatten(file_config)
+    for key, value in defining_keys(config, ("model", "objective"), stage, for_export=True).items():
+        if theirs.get(key, value) != value:
+            hint = f" (it was trained with preset {file_config.get('preset')!r})" if file_config.get("preset") else ""
+            raise WeightsError(f"{source}: {key} is {theirs[key]!r} in the file but {value!r} in this config{hint}")
 
 
 def load_stage(path: str | Path, stage: str, config: Config, source: str = "") -> Denoiser:
@@ -72,7 +65,7 @@ def load_stage(path: str | Path, stage: str, config: Config, source: str = "") -
     if meta.get("stage") and meta["stage"] != stage:
         raise WeightsError(f"{source}: holds the {meta['stage']} stage, not the {stage}")
     if "config" in meta:
-        check_compatible(meta["config"], config, source)
+        check_compatible(meta["config"], stage, config, source)
     model = build_denoiser(config, stage)
     load_into(model, read_state_dict(path), source=source)
     return model.eval().requires_grad_(False)

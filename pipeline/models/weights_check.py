@@ -66,7 +66,7 @@ def _open_clip(config: Config) -> Shapes:
 
 
 def _aesthetic_head(config: Config) -> Shapes:
-    from curation.scorers.laion import LaionAestheticHead
+    from pipeline.models.aesthetic_head import LaionAestheticHead
 
     with torch.device("meta"):
         return LaionAestheticHead().state_dict()
