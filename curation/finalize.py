@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, CurationConfig
 from pipeline.tables import (
     CLIPS, CLIPS_SCHEMA, CURATED_VERSIONS, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA,
 )
@@ -66,7 +66,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
     _step_done("rejects")
     for name in MEDIA_TABLES:
         if committed(out / name):
-            summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config)
+            summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config.curation)
     if committed(out / REJECTS):
         rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["stage", "retryable"])
         stages = pc.value_counts(rejects.column("stage").combine_chunks()).to_pylist()
@@ -128,9 +128,8 @@ def _settle_rejects(uri: Path, duplicates: list[dict[str, Any]], media_sources: 
     lance.write_dataset(fresh, str(uri), schema=REJECTS_SCHEMA, mode="overwrite")
 
 
-def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
+def _decide(uri: Path, name: str, curation: CurationConfig) -> dict[str, Any]:
     """Recompute keep / drop_reason / weight / split for every row, then compact."""
-    cfg = config.curation
     key = MEDIA_TABLES[name][0]
     ds = lance.dataset(str(uri))
     if ds.count_rows() == 0:  # nothing to join the decisions to: the empty table, full schema
@@ -138,9 +137,9 @@ def _decide(uri: Path, name: str, config: Config) -> dict[str, Any]:
         return {"rows": 0, "kept": 0, "kept_val": 0, "dropped_by": {}}
     score_cols = ["aesthetic", "subject"] + (["motion"] if name == CLIPS else [])
     scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
-    keep, reasons = keep_and_reasons(scores, cfg.filters)
-    weights = balancing_weights(scores, keep, cfg.balance_bins)
-    splits = [split_of(row_id, cfg.val_fraction) for row_id in scores[key]]
+    keep, reasons = keep_and_reasons(scores, curation.filters)
+    weights = balancing_weights(scores, keep, curation.balance_bins)
+    splits = [split_of(row_id, curation.val_fraction) for row_id in scores[key]]
     decisions = pa.table(
         {
             key: scores[key].to_numpy(),

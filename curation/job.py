@@ -171,7 +171,7 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
                                            max_tasks_in_flight_per_actor=RANGES_IN_FLIGHT_PER_WORKER))
     if not on_gpu:
         return files
-    return files.map_batches(AestheticStage, fn_constructor_args=(config, str(out)), batch_format="pyarrow",
+    return files.map_batches(AestheticStage, fn_constructor_args=(scoring, str(out)), batch_format="pyarrow",
                              batch_size=SCORER_BATCH_ROWS, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
                              memory=scoring.aesthetic_memory_mb * MIB, max_task_retries=retries,
                              compute=ray.data.ActorPoolStrategy(size=scoring.aesthetic_actors))

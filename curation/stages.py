@@ -30,7 +30,7 @@ from curation.keyframes import decode_jpeg
 from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
 from curation.sources import MediaItem
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, ScoringConfig
 from pipeline.tables import CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions
 
 # Table name -> the schema its fragments are written with (decisions come at finalize).
@@ -87,7 +87,7 @@ class FileStage:
         self.sandbox = Sandbox(config)
         self.sandbox.start()  # its imports overlap the scorer's loading and Ray's start-up
         self.plan, self.out = plan, out
-        self.scorer = _scorer(config, "cpu") if out else None
+        self.scorer = _scorer(config.curation.scoring, "cpu") if out else None
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         """One output per unit of the batch's ranges: a range can hold many videos, and a
@@ -109,10 +109,9 @@ class FileStage:
         self.sandbox.close()
 
 
-def _scorer(config: Config, device: str) -> Any:
+def _scorer(scoring: ScoringConfig, device: str) -> Any:
     from curation.scorers.aesthetic import build_aesthetic_scorer
 
-    scoring = config.curation.scoring
     return build_aesthetic_scorer(scoring.aesthetic_head, scoring.aesthetic_clip, device)
 
 
@@ -150,8 +149,8 @@ class AestheticStage:
     """The GPU scorer's pool: scores the staged rows and writes them. A class so the
     (possibly CLIP-sized) model loads once per actor, which lives for the whole job."""
 
-    def __init__(self, config: Config, out: str) -> None:
-        self.scorer = _scorer(config, "cuda")
+    def __init__(self, scoring: ScoringConfig, out: str) -> None:
+        self.scorer = _scorer(scoring, "cuda")
         self.out = out
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -24,7 +24,7 @@ from curation.probe import Rejected, check_frame_size, probe_video
 from curation.scorers.subject import subject_share
 from curation.sources import MediaItem, read_bytes, read_caption, resolve
 from curation.split import clip_from_segment
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, StagesConfig
 from pipeline.frames import centre_crop_box
 
 HASH_CHUNK = 8 << 20
@@ -39,8 +39,8 @@ def source_sha256(uri: str) -> str:
     return digest.hexdigest()
 
 
-def _crops(width: int, height: int, config: Config) -> dict[str, Any]:
-    base, refiner = config.stages.base, config.stages.refiner
+def _crops(width: int, height: int, stages: StagesConfig) -> dict[str, Any]:
+    base, refiner = stages.base, stages.refiner
     return {
         "bucket": aspect_bucket(width, height),
         "crop_base": centre_crop_box(width, height, base.width, base.height),
@@ -88,7 +88,7 @@ def process_video(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]]
                 "motion": scores[motion_key],
                 **scores,
                 "subject": draft.subject,
-                **_crops(info.width, info.height, config),
+                **_crops(info.width, info.height, config.stages),
                 "frame_fps": frame_fps_pairs(num_frames, info.fps, config.train.frame_counts, config.train.fps_values),
                 "video_width": size[0],
                 "video_height": size[1],
@@ -127,7 +127,7 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
             "width": width,
             "height": height,
             "subject": subject_share(small),
-            **_crops(width, height, config),
+            **_crops(width, height, config.stages),
             "thumbnail": thumb,
             "image": data,
             "keyframes": [thumb],

@@ -77,8 +77,8 @@ def test_without_keys_i2vgen_serve_listens_on_loopback_only(monkeypatch, capsys)
     from inference.serving.app import bind_host
 
     monkeypatch.delenv(KEYS_ENV, raising=False)
-    assert bind_host(load_config("tiny"), "0.0.0.0") == "127.0.0.1"
+    assert bind_host(load_config("tiny").serving, "0.0.0.0") == "127.0.0.1"
     assert "127.0.0.1 only" in capsys.readouterr().out
-    assert bind_host(load_config("tiny"), "::1") == "::1"
+    assert bind_host(load_config("tiny").serving, "::1") == "::1"
     monkeypatch.setenv(KEYS_ENV, "a-key")
-    assert bind_host(load_config("tiny"), "0.0.0.0") == "0.0.0.0"
+    assert bind_host(load_config("tiny").serving, "0.0.0.0") == "0.0.0.0"

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config.loader import ConfigError
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrainConfig
 from pipeline.curated_media import MediaSource, media_errors, stage_crop
 from pipeline.frames import crop_resize
 from pipeline.tables import CLIPS, IMAGES, VAL_ROWS, encoded_table, open_curated
@@ -191,9 +191,8 @@ def micro_batch_sizes(config: Config, stage: str) -> dict[int, int]:
     return sizes
 
 
-def _configured_shapes(config: Config, supplied: Any) -> list[tuple[tuple[int, int], float]]:
+def _configured_shapes(train: TrainConfig, supplied: Any) -> list[tuple[tuple[int, int], float]]:
     """The configured (frames, fps) pairs some kept row can supply, with their draw weights."""
-    train = config.train
     shapes = [((frames, fps), fw * pw) for frames, fw in zip(train.frame_counts, train.frame_weights)
               for fps, pw in zip(train.fps_values, train.fps_weights) if supplied(frames, fps)]
     if not shapes:
@@ -210,7 +209,7 @@ def validate_shapes(summary: CatalogSummary, config: Config, stage: str) -> None
     if stage_cfg.width % config.vae.factor or stage_cfg.height % config.vae.factor:
         raise ConfigError(f"stages.{stage}: size must be a multiple of the VAE factor")
     micro_batch_sizes(config, stage)
-    _configured_shapes(config, summary.rows_for)
+    _configured_shapes(config.train, summary.rows_for)
 
 
 def _cumulative(weights: np.ndarray) -> np.ndarray:
@@ -253,7 +252,7 @@ class Planner:
                     weights = np.concatenate([weights, image_weights])
                 if len(positions):
                     self.pools[(f, r)] = (tables, positions, _cumulative(weights))
-        shapes = _configured_shapes(config, lambda f, r: (f, r) in self.pools)
+        shapes = _configured_shapes(self.train, lambda f, r: (f, r) in self.pools)
         self.shapes = [shape for shape, _ in shapes]
         self.shape_cdf = _cumulative(np.array([weight for _, weight in shapes]))
 

@@ -20,7 +20,7 @@ from inference.serving.api import VideoAPI
 from inference.serving.stages import BaseStage, RefinerStage
 from inference.serving.store import JobStore
 from pipeline.config.loader import ConfigError, load_config
-from pipeline.config.schema import Config, DeploymentConfig
+from pipeline.config.schema import Config, DeploymentConfig, ServingConfig
 from pipeline.ray_runtime import init_ray
 
 APP_NAME = "i2vgen"
@@ -44,16 +44,16 @@ def deployment_options(deployment: DeploymentConfig) -> dict[str, Any]:
     return options
 
 
-def results_uri(config: Config) -> str:
+def results_uri(serving: ServingConfig) -> str:
     """``serving.results_dir`` as every replica will see it: a relative folder is taken from
     where the application is built, not from each worker's own directory."""
-    location = config.serving.results_dir
+    location = serving.results_dir
     return location if "://" in location else str(Path(location).expanduser().resolve())
 
 
 def compose(config: Config, base: str, refiner: Optional[str]) -> Application:
     """Ingress -> job store -> base -> refiner; the last stage writes the mp4s."""
-    results, limits = results_uri(config), config.serving
+    results, limits = results_uri(config.serving), config.serving
     base_app = BaseStage.options(**deployment_options(limits.base)).bind(
         config, base, results, refiner is None
     )
@@ -63,7 +63,7 @@ def compose(config: Config, base: str, refiner: Optional[str]) -> Application:
     )
     # Every pending job may hold one ``wait`` (a synchronous request) besides the short calls.
     calls = 2 * limits.max_pending_jobs + 64
-    store = JobStore.options(max_ongoing_requests=calls).bind(config, results, base_app, refiner_app)
+    store = JobStore.options(max_ongoing_requests=calls).bind(limits, results, base_app, refiner_app)
     return VideoAPI.options(
         max_ongoing_requests=calls, max_queued_requests=limits.max_queued_requests,
         ray_actor_options={"num_cpus": limits.ingress_num_cpus},
@@ -85,10 +85,10 @@ def _config(args: dict[str, Any]) -> Config:
     return load_config(args.get("preset", "tiny"), args.get("config") or [], args.get("set") or [])
 
 
-def bind_host(config: Config, host: str) -> str:
+def bind_host(serving: ServingConfig, host: str) -> str:
     """Where to listen: ``host``, unless no API keys are configured, which keeps the
     endpoint on 127.0.0.1 (and says so)."""
-    if load_key_digests(config.serving) or is_loopback(host):
+    if load_key_digests(serving) or is_loopback(host):
         return host
     print(f"no API keys are configured (serving.api_keys_file, {KEYS_ENV}): listening on 127.0.0.1 only, "
           f"not on {host}", flush=True)
@@ -102,7 +102,7 @@ def run_locally(
     """``i2vgen serve``: the app on this machine's Ray, until interrupted."""
     args = {"base": base, "refiner": refiner, "preset": preset, "config": list(files), "set": list(overrides)}
     config = _config(args)
-    host = bind_host(config, host)
+    host = bind_host(config.serving, host)
     init_ray()
     serve.start(http_options={"host": host, "port": port})
     app = compose(config, base, refiner)

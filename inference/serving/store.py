@@ -37,7 +37,7 @@ from inference.serving.access import Refusal, RequestRate
 from inference.serving.jobs import JobTable
 from inference.serving.metrics import ServingMetrics
 from inference.serving.results import ResultsLocation
-from pipeline.config.schema import Config
+from pipeline.config.schema import ServingConfig
 from pipeline.ray_runtime import find_in_chain
 
 log = logging.getLogger("ray.serve")
@@ -82,18 +82,17 @@ def logged_error(job_id: str, err: BaseException, level: int = logging.ERROR) ->
 )
 class JobStore:
     async def __init__(
-        self, config: Config, results_uri: str, base: DeploymentHandle, refiner: Optional[DeploymentHandle]
+        self, serving: ServingConfig, results_uri: str, base: DeploymentHandle, refiner: Optional[DeploymentHandle]
     ) -> None:
-        limits = config.serving
         self.base, self.refiner = base, refiner
-        self.attempts, self.stalled_s = limits.job_attempts, limits.stalled_job_s
-        self.table = JobTable(limits.max_pending_jobs, limits.keep_finished_jobs, limits.keep_finished_s,
-                              limits.max_pending_jobs_per_key)
-        self.retry_after_s = limits.retry_after_s
-        self.submissions = RequestRate(limits.submissions_per_minute_per_key)
-        stages = {"base": limits.base.max_batch_size}
+        self.attempts, self.stalled_s = serving.job_attempts, serving.stalled_job_s
+        self.table = JobTable(serving.max_pending_jobs, serving.keep_finished_jobs, serving.keep_finished_s,
+                              serving.max_pending_jobs_per_key)
+        self.retry_after_s = serving.retry_after_s
+        self.submissions = RequestRate(serving.submissions_per_minute_per_key)
+        stages = {"base": serving.base.max_batch_size}
         if refiner is not None:
-            stages["refiner"] = limits.refiner.max_batch_size
+            stages["refiner"] = serving.refiner.max_batch_size
         self.metrics = ServingMetrics(list(stages), stages)
         self.results = ResultsLocation(results_uri)
         # One writer thread: the records of one job reach storage in the order they changed.
