@@ -75,7 +75,7 @@ def run_recipe(name: str, overrides: list[str], steps: int, folder: Path) -> dic
         return crop_resize(video, centre_crop_box(video.shape[2], video.shape[1], *size), size)
 
     torch.manual_seed(0)
-    model, clip, vae = build_denoiser(config, "base"), build_clip(config), build_autoencoder(config)
+    model, clip, vae = build_denoiser(config, "base"), build_clip(config.clip), build_autoencoder(config.vae)
     noise_schedule, (optimizer, rates) = NoiseSchedule(config.diffusion), build_optimizer(model, config.train)
     ema = EMA(model, config.train.ema_decay, zero3=False)
     step0 = {k: v.clone() for k, v in ema.state_dict(model).items()}

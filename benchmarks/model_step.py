@@ -138,7 +138,7 @@ def deepspeed_engine(model, config, bf16: bool, cuda: bool):
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     optimizer, lr_scheduler = build_optimizer(model, config.train, fused=cuda and config.train.fused_adamw)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                           config=deepspeed_config(config, bf16))
+                                           config=deepspeed_config(config.train, bf16))
 
     def update(loss) -> None:
         engine.backward(loss)
@@ -156,8 +156,8 @@ def time_encoders(config, preset: str, device: str, batch: int, steps: int) -> d
     from pipeline.models.build import build_autoencoder, build_clip, build_denoiser
 
     conditioning = build_denoiser(config, "base", device="meta").conditioning
-    clip = build_clip(config, device=device)
-    vae = build_autoencoder(config, device=device).to(device)
+    clip = build_clip(config.clip, device=device)
+    vae = build_autoencoder(config.vae, device=device).to(device)
     _, _, frames, h, w = latent_shape(config, "base", batch)
     f = config.vae.factor
     pixels = torch.rand(batch, 3, frames, h * f, w * f, device=device) * 2 - 1

@@ -56,10 +56,10 @@ def forward_flops(model: Denoiser, config: Config, stage: str, device: str = "me
 
 def stage_info(config: Config, stage: str) -> StageInfo:
     model = build_denoiser(config, stage, device="meta")
-    clip = build_clip(config, device="meta")
+    clip = build_clip(config.clip, device="meta")
     clip_image = sum(p.numel() for n, p in clip.model.named_parameters() if n.startswith("visual."))
     clip_total = sum(p.numel() for p in clip.model.parameters())
-    vae = sum(p.numel() for p in build_autoencoder(config, device="meta").parameters())
+    vae = sum(p.numel() for p in build_autoencoder(config.vae, device="meta").parameters())
     conditioning = model.conditioning
     frozen = ({"clip_image": clip_image} if conditioning.image_features else {}) | (
         {"clip_text": clip_total - clip_image} if conditioning.text_features else {}) | {"vae": vae}

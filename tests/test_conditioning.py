@@ -42,7 +42,7 @@ def test_conditions_from_stored_features_equal_those_from_pixels() -> None:
     from pipeline.models.build import build_autoencoder, build_clip
 
     config = load_config("tiny", overrides=[TOY])
-    model, clip, vae = build_denoiser(config, "base").eval(), build_clip(config), build_autoencoder(config)
+    model, clip, vae = build_denoiser(config, "base").eval(), build_clip(config.clip), build_autoencoder(config.vae)
     conditioning = model.conditioning
     pixels = torch.rand(2, 3, 4, config.stages.base.height, config.stages.base.width) * 2 - 1
     fps = torch.tensor([4, 8])

@@ -61,7 +61,7 @@ def test_stored_samples_equal_what_the_trainer_encodes(encoded, stage) -> None:
     assert attach_encodings(catalog, config, stage).startswith("pre-encoded")
     stored_loader = MicroBatchLoader(catalog, config, stage)
     media_loader = MicroBatchLoader(load_catalog(encoded), config, stage)
-    vae, clip = build_autoencoder(config), build_clip(config)
+    vae, clip = build_autoencoder(config.vae), build_clip(config.clip)
     shapes = set()
     for index in range(8):
         stored, media = stored_loader(_step(index)), media_loader(_step(index))
@@ -97,7 +97,7 @@ def test_released_base_stores_image_text_and_the_empty_prompt(encoded, tmp_path,
     catalog = load_catalog(data)
     assert attach_encodings(catalog, config, "base").startswith("pre-encoded")
     assert catalog.encoded.tensors == ("latents", "image_embeds", "text")
-    model, clip, vae = build_denoiser(config, "base"), build_clip(config), build_autoencoder(config)
+    model, clip, vae = build_denoiser(config, "base"), build_clip(config.clip), build_autoencoder(config.vae)
     null_text = torch.from_numpy(catalog.encoded.null_text)
     torch.testing.assert_close(null_text, clip.encode_text([""]), atol=1e-5, rtol=1e-5)
     stored = MicroBatchLoader(catalog, config, "base")(_step(1))

@@ -67,7 +67,7 @@ def test_metrics_on_known_videos(tiny) -> None:
     nudged = real[0].copy()
     nudged[0, 0, 0] += 1
     assert first_frame_psnr(real, real[0]) == psnr(nudged, real[0]) > psnr(real[1], real[0])
-    assert clip_consistency(build_clip(tiny), frozen, real[0]) == pytest.approx(1.0, abs=1e-5)
+    assert clip_consistency(build_clip(tiny.clip), frozen, real[0]) == pytest.approx(1.0, abs=1e-5)
 
 
 def _eval_json(clips: list[dict], **means: float) -> dict:

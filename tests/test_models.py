@@ -157,7 +157,7 @@ def test_release_gradient_checkpointing_recomputes_blocks_with_the_same_gradient
 
 
 def test_clip_encoders_shapes_and_frozen(tiny) -> None:
-    clip = build_clip(tiny)
+    clip = build_clip(tiny.clip)
     image = clip.encode_image(torch.rand(2, 3, 64, 112) * 2 - 1)
     text = clip.encode_text(["a red ball bounces", "waves"])
     assert image.shape == (2, 1, 32) and text.shape == (2, 77, 32)
@@ -168,7 +168,7 @@ def test_clip_encoders_shapes_and_frozen(tiny) -> None:
 
 
 def test_pixel_unshuffle_autoencoder_is_lossless(tiny) -> None:
-    vae = build_autoencoder(tiny)
+    vae = build_autoencoder(tiny.vae)
     assert isinstance(vae, PixelUnshuffleAutoencoder) and vae.latent_channels == tiny.unet.in_channels
     video = torch.rand(2, 3, 5, 64, 112) * 2 - 1
     latents = vae.encode_video(video, chunk=3)
@@ -187,10 +187,10 @@ def test_pixel_latents_have_about_unit_variance(tmp_path) -> None:
                                                  enumerate(("pan", "moving_shape", "static", "texture"))])
     frames = decord.VideoReader(str(written.path)).get_batch(list(range(0, 48, 4))).asnumpy()
     pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-    latents = build_autoencoder(load_config("tiny")).encode(pixels)
+    latents = build_autoencoder(load_config("tiny").vae).encode(pixels)
     assert 0.75 < float(latents.std()) < 1.3, float(latents.std())
     assert abs(float(latents.mean())) < 0.25
-    raw = build_autoencoder(load_config("tiny", overrides=["vae.scaling_factor=1.0", "vae.shift_factor=0.0"]))
+    raw = build_autoencoder(load_config("tiny", overrides=["vae.scaling_factor=1.0", "vae.shift_factor=0.0"]).vae)
     assert float(raw.encode(pixels).std()) < 0.5  # what the model saw before
 
 

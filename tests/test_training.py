@@ -75,8 +75,8 @@ def test_mfu_charges_each_token_three_forwards_of_the_stage() -> None:
     per_token = training_flops_per_token(config, "base")
     assert per_token * frames * height * width == pytest.approx(
         3 * forward_flops(build_denoiser(config, "base", device="meta"), config, "base"))
-    assert device_peak_flops(config, torch.device("cpu")) is None
-    assert device_peak_flops(load_config("tiny", overrides=["train.peak_tflops=50"]), torch.device("cpu")) == 50e12
+    assert device_peak_flops(config.train, torch.device("cpu")) is None
+    assert device_peak_flops(load_config("tiny", overrides=["train.peak_tflops=50"]).train, torch.device("cpu")) == 50e12
 
 
 def test_export_holds_the_ema_weights(base_run, tmp_path) -> None:

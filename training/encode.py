@@ -74,8 +74,8 @@ class StageEncoder:
         self.size = (getattr(config.stages, stage).width, getattr(config.stages, stage).height)
         self.conditioning = stage_conditioning(config, stage)
         self.media = MediaSource(data_dir, has_images)
-        self.vae = build_autoencoder(config, device=self.device)
-        self.clip = build_clip(config, device=self.device)
+        self.vae = build_autoencoder(config.vae, device=self.device)
+        self.clip = build_clip(config.clip, device=self.device)
         self.dtype = getattr(torch, config.encode.dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -119,7 +119,7 @@ def train(
     validate_shapes(summarize_catalog(data_dir, config.train.where, config.train.val_where), config, stage)
     if config.train.validate_every:  # fail here, not in every worker, when no clip can validate
         frames = getattr(config.stages, stage).frames
-        heldout_rows(data_dir, default_val_where(config), frames, config.sampling.fps, option="train.val_where")
+        heldout_rows(data_dir, default_val_where(config.train), frames, config.sampling.fps, option="train.val_where")
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not config.train.use_gpu else "cuda")
     init_ray()
     catalog, encodings, message = put_catalog(data_dir, config, stage)

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrainConfig
 from pipeline.diffusion.noise_schedule import NoiseSchedule
 from pipeline.models.build import ClipEncoders, Denoiser, build_autoencoder, build_clip, build_denoiser
 from pipeline.models.init_weights import initialise
@@ -43,8 +43,7 @@ METRICS_FILE = "metrics.jsonl"
 INITIAL_WEIGHTS = "initial.safetensors"
 
 
-def deepspeed_config(config: Config, use_bf16: bool) -> dict[str, Any]:
-    train = config.train
+def deepspeed_config(train: TrainConfig, use_bf16: bool) -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": 1,
@@ -106,7 +105,7 @@ def build(loop_config: dict[str, Any]) -> Worker:
             print(loaded, flush=True)
     optimizer, lr_scheduler = build_optimizer(model, train, fused=train.fused_adamw and device.type == "cuda")
     engine, optimizer, _, lr_scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(config, use_bf16)
+        model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=deepspeed_config(train, use_bf16)
     )
     ema = EMA(engine.module, train.ema_decay, zero3=train.zero_stage == 3, master_weights=use_bf16)
     checkpoint = ray.train.get_checkpoint()
@@ -118,8 +117,8 @@ def build(loop_config: dict[str, Any]) -> Worker:
     stored: Optional[Encodings] = loop_config.get("encodings")
     clip = vae = None
     if stored is None or train.validate_every:  # the frozen encoders run here, outside the engine
-        clip = build_clip(config, device=device)
-        vae = build_autoencoder(config, device=device).to(device)
+        clip = build_clip(config.clip, device=device)
+        vae = build_autoencoder(config.vae, device=device).to(device)
     # Where dropped text becomes the empty prompt's tokens: the same tokens every step.
     if not model.conditioning.null_prompt:
         null_text = None
@@ -134,7 +133,7 @@ def build(loop_config: dict[str, Any]) -> Worker:
     return Worker(config, stage, rank, world, device, dtype, model, engine, optimizer, ema, state,
                   NoiseSchedule(config.diffusion), stored, clip, vae, null_text,
                   RunLog(run_dir, state.step) if rank == 0 else None, validator,
-                  training_flops_per_token(config, stage), device_peak_flops(config, device))
+                  training_flops_per_token(config, stage), device_peak_flops(train, device))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrainConfig
 from pipeline.model_info import forward_flops, latent_shape
 from pipeline.models.build import build_denoiser
 
@@ -29,12 +29,12 @@ def training_flops_per_token(config: Config, stage: str) -> float:
     return 3 * forward_flops(model, config, stage) / (frames * height * width)
 
 
-def device_peak_flops(config: Config, device: torch.device) -> Optional[float]:
+def device_peak_flops(train: TrainConfig, device: torch.device) -> Optional[float]:
     """The device's peak FLOP/s: ``train.peak_tflops`` when set, else a known GPU's bf16 peak
     when training in bf16; None (no MFU) on CPUs and unknown devices."""
-    if config.train.peak_tflops > 0:
-        return config.train.peak_tflops * 1e12
-    if device.type != "cuda" or not config.train.bf16:
+    if train.peak_tflops > 0:
+        return train.peak_tflops * 1e12
+    if device.type != "cuda" or not train.bf16:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in BF16_PEAKS.items() if key in name), None)

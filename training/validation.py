@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import Config, TrainConfig
 from pipeline.diffusion.noise_schedule import NoiseSchedule
 from pipeline.tables import VAL_ROWS
 from pipeline.validation_loss import ValidationLosses, clips_batch, validation_losses
 
 
-def default_val_where(config: Config) -> str:
+def default_val_where(train: TrainConfig) -> str:
     """The validation rows: ``train.val_where``, or curation's deterministic split."""
-    return config.train.val_where or VAL_ROWS
+    return train.val_where or VAL_ROWS
 
 
 class Validator:
@@ -36,7 +36,7 @@ class Validator:
         self.encoders, self.vae, self.null_text = encoders, vae, null_text
         self.noise_schedule = NoiseSchedule(config.diffusion)
         self.clips = heldout_clips(
-            data_dir, default_val_where(config), config.train.validation_clips, stage_cfg.frames,
+            data_dir, default_val_where(config.train), config.train.validation_clips, stage_cfg.frames,
             config.sampling.fps, (stage_cfg.width, stage_cfg.height),
             stage_crop_key="crop_base" if stage == "base" else "crop_refiner", option="train.val_where",
         )

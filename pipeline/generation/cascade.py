@@ -97,8 +97,8 @@ class Cascade:
         self.config, self.device, self.dtype = config, torch.device(device), dtype
         self.base = None if base is None else base.to(self.device, dtype).eval()
         self.refiner = None if refiner is None else refiner.to(self.device, dtype).eval()
-        self.clip = clip or build_clip(config, self.device)  # fp32: its input normalisation is fp32
-        self.vae = vae or build_autoencoder(config, self.device).to(dtype).eval()
+        self.clip = clip or build_clip(config.clip, self.device)  # fp32: its input normalisation is fp32
+        self.vae = vae or build_autoencoder(config.vae, self.device).to(dtype).eval()
         self.noise_schedule = NoiseSchedule(config.diffusion)
         # Where the null condition is a prompt's tokens, it is the negative prompt, fixed by
         # the config: its tokens are encoded once, not per batch.

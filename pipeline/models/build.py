@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.config.loader import ConfigError
-from pipeline.config.schema import Config
+from pipeline.config.schema import ClipConfig, Config, VAEConfig
 from pipeline.models.clip import FrozenOpenCLIP, clip_embed_dim, clip_text_width
 from pipeline.models.denoiser import StageDenoiser
 from pipeline.models.hf_clip import TransformersCLIP
@@ -89,13 +89,13 @@ def _frozen(factory: Callable[[], Module], device: str | torch.device) -> Module
     return model if build_on == "meta" else model.to(device)
 
 
-def build_clip(config: Config, device: str | torch.device = "cpu") -> ClipEncoders:
+def build_clip(clip: ClipConfig, device: str | torch.device = "cpu") -> ClipEncoders:
     """open_clip (VGen's layout, or random without weights), or with ``clip.arch: hf`` the
     transformers encoders of a diffusers folder (the released model's other layout)."""
-    if config.clip.arch == "hf":
-        return TransformersCLIP(config.clip).to(device)
-    return _frozen(lambda: FrozenOpenCLIP(config.clip), device)
+    if clip.arch == "hf":
+        return TransformersCLIP(clip).to(device)
+    return _frozen(lambda: FrozenOpenCLIP(clip), device)
 
 
-def build_autoencoder(config: Config, device: str | torch.device = "cpu") -> ImageAutoencoder:
-    return _frozen(lambda: build_vae(config.vae, "meta" if str(device) == "meta" else "cpu"), device)
+def build_autoencoder(vae: VAEConfig, device: str | torch.device = "cpu") -> ImageAutoencoder:
+    return _frozen(lambda: build_vae(vae, "meta" if str(device) == "meta" else "cpu"), device)
