@@ -59,7 +59,7 @@ def test_conditions_from_stored_features_equal_those_from_pixels() -> None:
     assert not torch.allclose(kept, dropped)
 
 
-def test_model_info_counts_a_third_architecture(capsys) -> None:
+def test_model_info_counts_a_third_architecture() -> None:
     from pipeline.model_info import stage_info
 
     info = stage_info(load_config("tiny", overrides=[TOY]), "base")

@@ -22,6 +22,7 @@ architecture or a new condition is one denoiser and one ``Conditioning`` subclas
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Sequence
 
@@ -61,8 +62,9 @@ class DiffusionBatch:
     conditions: Conditions
 
 
-class Conditioning:
-    """The base of every architecture's conditioning; the flags say what it reads."""
+class Conditioning(ABC):
+    """The base of every architecture's conditioning; the flags say what it reads, the two
+    abstract methods build its conditions."""
 
     image_features: bool = False  # the first frame's CLIP image embedding
     text_features: bool = False  # the caption's CLIP tokens
@@ -73,7 +75,12 @@ class Conditioning:
     @property
     def stored(self) -> tuple[str, ...]:
         """The tensors ``i2vgen encode`` stores per row for this stage."""
-        return ("latents",) + ("image_embeds",) * self.image_features + ("text",) * self.text_features
+        names = ["latents"]
+        if self.image_features:
+            names.append("image_embeds")
+        if self.text_features:
+            names.append("text")
+        return tuple(names)
 
     def encode(
         self, clip: ClipEncoder, vae: "ImageAutoencoder", pixels: torch.Tensor, captions: Sequence[str]
@@ -115,20 +122,20 @@ class Conditioning:
         """Per-row features of a caption that ``i2vgen encode`` stores."""
         return {"text": clip.encode_text([caption])} if self.text_features else {}
 
+    @abstractmethod
     def conditions(
         self, latents: torch.Tensor, features: Features, fps: torch.Tensor, null_text: Optional[torch.Tensor] = None
     ) -> Conditions:
         """The denoiser's inputs for clean video latents ``(B, C, F, h, w)`` (in the compute
         dtype), their features and frame rates; ``null_text`` ``(1, L, D)`` where
         ``null_prompt``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def request_conditions(
         self, clip: ClipEncoder, vae: "ImageAutoencoder", requests: Sequence["GenerationRequest"], width: int,
         height: int, null_text: Optional[torch.Tensor], device: torch.device, dtype: torch.dtype,
     ) -> Conditions:
         """The denoiser's inputs for sampling ``requests`` at ``width x height``."""
-        raise NotImplementedError
 
     def start_noise(self, noise: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """The noise a training sample or a sampled video starts from."""
