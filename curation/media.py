@@ -17,7 +17,7 @@ from fractions import Fraction
 import av
 from av.video.reformatter import VideoReformatter
 
-from curation.probe import VideoInfo, open_media
+from curation.probe import SCALER_THREADS, VideoInfo, open_media
 from pipeline.config.schema import MediaConfig
 
 
@@ -60,7 +60,8 @@ class _ClipEncoder:
         self.count = 0
 
     def add(self, frame: av.VideoFrame) -> None:
-        out = self.scaler.reformat(frame, width=self.stream.width, height=self.stream.height, format="yuv420p")
+        out = self.scaler.reformat(frame, width=self.stream.width, height=self.stream.height, format="yuv420p",
+                                  threads=SCALER_THREADS)
         out.pts, out.time_base = self.count, self.time_base
         self.count += 1
         self.container.mux(self.stream.encode(out))

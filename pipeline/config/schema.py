@@ -361,8 +361,9 @@ class CurationConfig:
     max_retries: int = 3
     retry_backoff_s: float = 1.0
     # Images per unit of work (one decode-and-score loop, one result batch): small images
-    # cost their decode, not a task each.
-    images_per_task: int = 64
+    # cost their decode, not a task each. 3000 160x120 JPEGs on 2 cores, after start-up:
+    # 650 images/s at 64, 770 at 128, 880-900 at 256, 940 at 512 (2026-12-02).
+    images_per_task: int = 256
     # Seconds between the driver's commits of the fragments its workers wrote: a killed run
     # loses at most this much work (0: commit every written fragment at once).
     commit_every_s: float = 15.0
