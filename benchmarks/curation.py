@@ -159,7 +159,7 @@ def naive(videos) -> float:
                 rgb = bgr[:, :, ::-1]
                 if index % step == 0:
                     if scorer == "motion" and prev is not None:
-                        sample_motion(before, rgb, info.fps, (prev, step))  # the same motion as ours
+                        sample_motion(before, rgb, info.fps, (prev, step))  # the same motion (and flow field) as ours
                     elif scorer == "subject":
                         subject_share(rgb)
                     prev = rgb

@@ -25,10 +25,11 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from curation.dissolves import DissolveDetector
 from curation.keyframes import encode_jpeg
 from curation.probe import SCALER_THREADS, Rejected, VideoInfo, open_media
-from curation.scorers.motion import ReferenceOrder, motion_vector_magnitude, sample_motion
+from curation.scorers.camera import GlobalMotion, fit_global_motion
+from curation.scorers.fingerprint import frame_fingerprint
+from curation.scorers.motion import MotionReading, ReferenceOrder, motion_vector_magnitude, read_motion, sample_motion
 from curation.scorers.subject import subject_share
 from pipeline.config.schema import CurationConfig
-from pipeline.flow import flow_magnitude
 
 MAX_DECODE_ERRORS = 50
 
@@ -42,6 +43,8 @@ class Sample:
     prev_index: Optional[int]  # the earliest frame the flow read
     subject: float
     jpeg: bytes
+    fingerprint: np.ndarray  # ``frame_fingerprint``: near-duplicates are found with it
+    camera: Optional[GlobalMotion] = None  # the global motion model of the flow, with it
 
 
 @dataclass
@@ -169,9 +172,10 @@ class _Scaler:
 
 
 class _Sampler:
-    """Flow, subject and keyframe of each sampled frame. Flow is ``sample_motion``'s: against
-    the frame just before the sample (``remember``), or across the gap to the previous
-    sample where the motion is slow enough for Farneback to follow it that far."""
+    """Flow, camera model, subject, fingerprint and keyframe of each sampled frame. Flow is
+    ``sample_motion``'s: against the frame just before the sample (``remember``), or across
+    the gap to the previous sample where the motion is slow enough for Farneback to follow it
+    that far; the camera model is fitted to that same flow field."""
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
@@ -183,15 +187,15 @@ class _Sampler:
 
     def sample(self, index: int, rgb: np.ndarray) -> Sample:
         earlier = (self.prev[1], index - self.prev[0]) if self.prev else None
+        reading: Optional[MotionReading] = None
         if self.before is not None and self.before[0] == index - 1:
-            flow = sample_motion(self.before[1], rgb, self.fps, earlier if earlier and earlier[1] > 1 else None)
+            reading = sample_motion(self.before[1], rgb, self.fps, earlier if earlier and earlier[1] > 1 else None)
         elif earlier is not None:  # the frame before was lost: the gap alone
-            flow = flow_magnitude(earlier[0], rgb, earlier[1] / self.fps)
-        else:
-            flow = None
+            reading = read_motion(earlier[0], rgb, earlier[1] / self.fps)
         # The earliest frame the flow may have read: a clip that starts after it drops the flow.
-        reference = self.prev[0] if self.prev else (index - 1 if flow is not None else None)
-        sample = Sample(index, flow, reference, subject_share(rgb), encode_jpeg(rgb))
+        reference = self.prev[0] if self.prev else (index - 1 if reading is not None else None)
+        sample = Sample(index, reading.speed if reading else None, reference, subject_share(rgb), encode_jpeg(rgb),
+                        frame_fingerprint(rgb), fit_global_motion(reading.field, reading.seconds) if reading else None)
         self.prev = self.before = (index, rgb)
         return sample
 

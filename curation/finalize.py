@@ -16,7 +16,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lance
 import pandas as pd
@@ -24,9 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
+from curation.near_duplicates import near_duplicates
 from pipeline.config.schema import Config, CurationConfig
 from pipeline.tables import (
-    CLIPS, CLIPS_SCHEMA, CURATED_VERSIONS, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA,
+    CLIPS, CLIPS_SCHEMA, CURATED_VERSIONS, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, NEAR_DUPLICATE_FIELD, REJECTS,
+    REJECTS_SCHEMA,
 )
 
 log = logging.getLogger("curation")
@@ -66,7 +68,8 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
     _step_done("rejects")
     for name in MEDIA_TABLES:
         if committed(out / name):
-            summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config.curation)
+            copies = near_duplicates(out / name, config.curation.near_duplicates) if name == CLIPS else None
+            summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config.curation, copies)
     if committed(out / REJECTS):
         rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["stage", "retryable"])
         stages = pc.value_counts(rejects.column("stage").combine_chunks()).to_pylist()
@@ -128,28 +131,34 @@ def _settle_rejects(uri: Path, duplicates: list[dict[str, Any]], media_sources: 
     lance.write_dataset(fresh, str(uri), schema=REJECTS_SCHEMA, mode="overwrite")
 
 
-def _decide(uri: Path, name: str, curation: CurationConfig) -> dict[str, Any]:
-    """Recompute keep / drop_reason / weight / split for every row, then compact."""
+def _decide(uri: Path, name: str, curation: CurationConfig, copies: Optional[dict[str, str]]) -> dict[str, Any]:
+    """Recompute keep / drop_reason / weight / split for every row (and, for clips, which
+    copy each near-duplicate defers to: ``copies``), then compact."""
     key = MEDIA_TABLES[name][0]
     ds = lance.dataset(str(uri))
     if ds.count_rows() == 0:  # nothing to join the decisions to: the empty table, full schema
         lance.write_dataset(FULL_SCHEMAS[name].empty_table(), str(uri), schema=FULL_SCHEMAS[name], mode="overwrite")
         return {"rows": 0, "kept": 0, "kept_val": 0, "dropped_by": {}}
-    score_cols = ["aesthetic", "subject"] + (["motion"] if name == CLIPS else [])
+    score_cols = ["aesthetic", "subject"] + (["motion", "camera_motion", "text_area"] if name == CLIPS else [])
     scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
+    columns: dict[str, Any] = {key: scores[key].to_numpy()}
+    if copies is not None:
+        kept = [copies.get(row_id) for row_id in scores[key]]
+        scores["near_duplicate_of"] = kept
+        columns["near_duplicate_of"] = pa.array(kept, pa.string())
     keep, reasons = keep_and_reasons(scores, curation.filters)
-    weights = balancing_weights(scores, keep, curation.balance_bins)
+    weights = balancing_weights(scores, keep, curation.balance_bins, curation.balance_on)
     splits = [split_of(row_id, curation.val_fraction) for row_id in scores[key]]
     decisions = pa.table(
         {
-            key: scores[key].to_numpy(),
+            **columns,
             "keep": pa.array(keep, pa.bool_()),
             "drop_reason": pa.array(reasons, pa.string()),
             "weight": pa.array(weights, pa.float32()),
             "split": pa.array(splits, pa.string()),
         }
     )
-    stale = [f.name for f in DECISION_FIELDS if f.name in ds.schema.names]
+    stale = [f.name for f in [*DECISION_FIELDS, NEAR_DUPLICATE_FIELD] if f.name in ds.schema.names]
     if stale:
         ds.drop_columns(stale)
         _step_done(f"drop {name}")
@@ -157,12 +166,18 @@ def _decide(uri: Path, name: str, curation: CurationConfig) -> dict[str, Any]:
     ds.merge(decisions, left_on=key)
     lance.dataset(str(uri)).optimize.compact_files()
     dropped = Counter(r.split(" ")[0] for r in reasons if r)
-    return {
+    figures: dict[str, Any] = {
         "rows": len(scores),
         "kept": int(keep.sum()),
         "kept_val": sum(1 for k, s in zip(keep, splits) if k and s == "val"),
         "dropped_by": dict(dropped),
     }
+    if "camera_motion" in scores:  # the camera mix before and after the filters
+        cameras = scores["camera_motion"].fillna("unknown")
+        figures["camera_motion"] = {"all": cameras.value_counts().to_dict(), "kept": cameras[keep].value_counts().to_dict()}
+    if copies is not None:
+        figures["near_duplicates"] = {"copies": len(copies), "kept_copies": len(set(copies.values()))}
+    return figures
 
 
 def _record_versions(out: Path) -> None:

@@ -46,7 +46,7 @@ from curation.sandbox import one_line
 from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage, lost_rows, write_fragments
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, find_in_chain, init_ray
-from pipeline.tables import CURATED_VERSIONS, REJECTS
+from pipeline.tables import CURATED_VERSIONS
 
 log = logging.getLogger("curation")
 BLOCKS_PER_CPU = 32
@@ -138,10 +138,13 @@ def _create_tables(out: Path) -> None:
     for name, schema in TABLE_SCHEMAS.items():
         uri = out / name
         if committed(uri):
+            # Columns added since the table was curated (a reject's retryable: unknown, so
+            # never retried; a clip's camera class, text area, fingerprint: not measured)
+            # are null in its rows, so this run's fragments fit it.
             ds = lance.dataset(str(uri))
-            if name == REJECTS and "retryable" not in ds.schema.names:
-                # curated before failures were sorted: unknown, so never retried
-                ds.add_columns({"retryable": "CAST(NULL AS BOOLEAN)", "attempts": "CAST(NULL AS INT)"})
+            missing = [f for f in schema if f.name not in ds.schema.names]
+            if missing:
+                ds.add_columns(missing)
             continue
         shutil.rmtree(uri, ignore_errors=True)
         lance.write_dataset(schema.empty_table(), str(uri), schema=schema)

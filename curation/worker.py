@@ -57,7 +57,7 @@ def process_video(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]]
     drafts, segments = [], 0
     for segment in iter_segments(item.uri, info, cfg):
         segments += 1
-        draft = clip_from_segment(segment, info.fps, cfg.split)
+        draft = clip_from_segment(segment, info.fps, cfg.split, cfg.camera)
         if draft is not None:
             drafts.append(draft)
     if not drafts:
@@ -88,6 +88,11 @@ def process_video(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]]
                 "motion": scores[motion_key],
                 **scores,
                 "subject": draft.subject,
+                "camera_motion": draft.camera_motion,
+                "camera_confidence": draft.camera_confidence,
+                "text_area": draft.text_area,
+                "caption_source": "input" if caption else "none",
+                "fingerprint": draft.fingerprint.tolist(),
                 **_crops(info.width, info.height, config.stages),
                 "frame_fps": frame_fps_pairs(num_frames, info.fps, config.train.frame_counts, config.train.fps_values),
                 "video_width": size[0],

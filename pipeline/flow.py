@@ -37,7 +37,7 @@ def _grey_at_width(rgb: np.ndarray, width: int) -> np.ndarray:
 FARNEBACK_REACH_PX = 6.0
 
 
-def _flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> np.ndarray:
+def flow_field(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> np.ndarray:
     """Dense Farneback flow ``(h, w, 2)`` between two frames shrunk to ``work_width``, in work-width pixels."""
     a, b = _grey_at_width(prev_rgb, work_width), _grey_at_width(rgb, work_width)
     return cv2.calcOpticalFlowFarneback(a, b, None, **_FARNEBACK)
@@ -45,7 +45,7 @@ def _flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> np.ndarray:
 
 def flow_lengths(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int) -> tuple[np.ndarray, float]:
     """Per-pixel dense-flow lengths between two frames at ``work_width``, and that frame's diagonal."""
-    flow = _flow(prev_rgb, rgb, work_width)
+    flow = flow_field(prev_rgb, rgb, work_width)
     return np.hypot(flow[..., 0], flow[..., 1]), math.hypot(*flow.shape[:2])
 
 
@@ -66,4 +66,4 @@ def flow_magnitude(prev_rgb: np.ndarray, rgb: np.ndarray, dt_seconds: float, wor
 def mean_flow(prev_rgb: np.ndarray, rgb: np.ndarray, work_width: int = 160) -> np.ndarray:
     """The average dense-flow vector ``(dx, dy)`` between two frames, in work-width pixels:
     which way the picture moves as a whole (a pan's direction, a shape's drift)."""
-    return _flow(prev_rgb, rgb, work_width).reshape(-1, 2).mean(axis=0)
+    return flow_field(prev_rgb, rgb, work_width).reshape(-1, 2).mean(axis=0)

@@ -24,6 +24,8 @@ BLOB = {"lance-encoding:blob": "true"}
 FRAME_FPS = pa.struct([("frames", pa.int32()), ("fps", pa.int32())])
 # A centre crop [x, y, w, h] in source pixels with a stage's aspect ratio.
 CROP = pa.list_(pa.int32())
+# curation.scorers.fingerprint.clip_fingerprint: 63 numbers for each of a clip's 3 keyframes.
+FINGERPRINT = pa.list_(pa.float32(), 3 * 63)
 
 # Columns every scored row has; curation's finalize step (re)computes them on every run:
 # keep / drop_reason / weight from the scores and the configured thresholds (so thresholds
@@ -34,6 +36,9 @@ DECISION_FIELDS = [
     pa.field("weight", pa.float32()),
     pa.field("split", pa.string()),  # "train" | "val" (curation.decisions.split_of)
 ]
+# A clip's decision beside those: the clip_id of the copy kept when this clip shows the same
+# footage as another (curation.near_duplicates), else null.
+NEAR_DUPLICATE_FIELD = pa.field("near_duplicate_of", pa.string())
 # The validation rows when train.val_where is unset: training never draws them.
 VAL_ROWS = "split = 'val'"
 
@@ -54,6 +59,13 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("motion_flow", pa.float32()),  # Farneback optical flow
         pa.field("motion_vectors", pa.float32()),  # the codec's motion vectors
         pa.field("subject", pa.float32()),  # 0..1 share of the frame
+        # static | pan_left | pan_right | tilt_up | tilt_down | zoom_in | zoom_out | rotate |
+        # shaky (curation/scorers/camera.py), and how sure, 0..1; null without a flow inside
+        pa.field("camera_motion", pa.string()),
+        pa.field("camera_confidence", pa.float32()),
+        pa.field("text_area", pa.float32()),  # 0..1 share of the frame covered by text (mean at 1 fps)
+        pa.field("caption_source", pa.string()),  # input | model:<name> | none
+        pa.field("fingerprint", FINGERPRINT),  # keyframes' layout, for near-duplicates
         pa.field("bucket", pa.string()),  # aspect-ratio bucket, e.g. "16:9"
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),
@@ -63,6 +75,7 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("thumbnail", pa.binary()),  # JPEG of the middle frame, for reports
         pa.field("video", pa.large_binary(), metadata=BLOB),  # H.264 mp4
         *DECISION_FIELDS,
+        NEAR_DUPLICATE_FIELD,
     ]
 )
 
@@ -139,5 +152,5 @@ def open_curated(uri: str | Path) -> Any:
 
 def without_decisions(schema: pa.Schema) -> pa.Schema:
     """The schema as chunks are written, before finalize adds the decision columns."""
-    names = {f.name for f in DECISION_FIELDS}
+    names = {f.name for f in DECISION_FIELDS} | {NEAR_DUPLICATE_FIELD.name}
     return pa.schema([f for f in schema if f.name not in names])

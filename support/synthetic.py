@@ -328,14 +328,22 @@ class CameraShot:
     cross-fade does, so these shots are the hard negatives of dissolve detection; a shot of
     a black picture that dissolves in or out is a fade from or to black. ``pan`` is (right,
     down) in output pixels per frame, ``zoom`` the relative change of scale per frame (0.01:
-    1% closer each frame, negative zooms out). ``transition`` and ``dissolve_frames`` mean
-    what they mean on ShotSpec.
+    1% closer each frame, negative zooms out), ``roll`` the camera's turn in degrees per
+    frame (clockwise: the picture turns the other way), ``shake`` the amplitude in pixels of
+    a hand-held tremble (a few sines of 2 to 8 cycles a second at 24 fps, fixed by ``seed``),
+    and ``mover`` the speed in pixels per frame of a disc, a quarter of the frame high, that
+    crosses the frame in front of the picture (a subject moving while the camera may not).
+    ``transition`` and ``dissolve_frames`` mean what they mean on ShotSpec.
     """
 
     picture: np.ndarray  # RGB uint8, any size: scaled once so that the whole path fits in it
     frames: int
     pan: tuple[float, float] = (0.0, 0.0)
     zoom: float = 0.0
+    roll: float = 0.0
+    shake: float = 0.0
+    mover: float = 0.0
+    seed: int = 0
     transition: Literal["cut", "dissolve"] = "cut"
     dissolve_frames: int = 12
 
@@ -361,22 +369,46 @@ def _camera(shot: CameraShot, size: tuple[int, int], span: int) -> Renderer:
     width, height = size
     scales = [(1 + shot.zoom) ** i for i in (0, span - 1)]
     (dx, dy), travel = shot.pan, span - 1
-    need_w = width / min(scales) + abs(dx) * travel + 2
-    need_h = height / min(scales) + abs(dy) * travel + 2
+    view_w, view_h = (math.hypot(width, height),) * 2 if shot.roll else (width, height)  # any turn fits
+    need_w = view_w / min(scales) + abs(dx) * travel + 2 * shot.shake + 2
+    need_h = view_h / min(scales) + abs(dy) * travel + 2 * shot.shake + 2
     rows, cols = shot.picture.shape[:2]
     fit = max(need_w / cols, need_h / rows)
     size_in = (math.ceil(cols * fit), math.ceil(rows * fit))
     picture = cv2.resize(shot.picture, size_in, interpolation=cv2.INTER_AREA if fit < 1 else cv2.INTER_CUBIC)
     centre_x, centre_y = (size_in[0] - 1) / 2 - dx * travel / 2, (size_in[1] - 1) / 2 - dy * travel / 2
+    tremble = _tremble(shot.shake, shot.seed)
 
     def render(i: int) -> np.ndarray:
         inv = (1 + shot.zoom) ** -i  # output pixels to picture pixels
-        x, y = centre_x + dx * i, centre_y + dy * i
-        affine = np.array([[inv, 0, x - inv * (width - 1) / 2], [0, inv, y - inv * (height - 1) / 2]], np.float32)
-        return cv2.warpAffine(picture, affine, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
+        turn = math.radians(shot.roll * i)
+        cos, sin = inv * math.cos(turn), inv * math.sin(turn)
+        jitter_x, jitter_y = tremble(i)
+        x, y = centre_x + dx * i + jitter_x, centre_y + dy * i + jitter_y
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        affine = np.array([[cos, -sin, x - cos * cx + sin * cy], [sin, cos, y - sin * cx - cos * cy]], np.float32)
+        frame = cv2.warpAffine(picture, affine, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+        if shot.mover:
+            radius = max(2, height // 8)
+            centre = (int(round((i * shot.mover) % (width + 2 * radius) - radius)), height // 2)
+            cv2.circle(frame, centre, radius, (200, 60, 40), thickness=-1, lineType=cv2.LINE_AA)
+        return frame
 
     return render
+
+
+def _tremble(amplitude: float, seed: int) -> Callable[[int], tuple[float, float]]:
+    """A hand-held camera's offset at frame i, in pixels: per axis, three sines of 0.08 to
+    0.33 cycles a frame (2 to 8 a second at 24 fps) with random phases, ``amplitude`` at most."""
+    rng = np.random.default_rng(seed)
+    waves = [(rng.uniform(0.08, 0.33, 3), rng.uniform(0, 2 * math.pi, 3)) for _ in range(2)]
+
+    def offset(i: int) -> tuple[float, float]:
+        x, y = (float(np.sum(np.sin(2 * math.pi * cycles * i + phase))) / 3 for cycles, phase in waves)
+        return amplitude * x, amplitude * y
+
+    return offset
 
 
 def write_camera_video(path: Path, shots: list[CameraShot], fps: int = 24, size: tuple[int, int] = (480, 270),
@@ -389,6 +421,30 @@ def write_camera_video(path: Path, shots: list[CameraShot], fps: int = 24, size:
     cuts, dissolves, spans = _timeline(shots)
     count = _encode(Path(path), _blended(renderers), fps, size, "h264", crf)
     return SyntheticVideo(Path(path), fps, size[0], size[1], count, cuts, dissolves, spans)
+
+
+def write_copy(source: Path, target: Path, *, crop: float = 0.0, brightness: int = 0, speed: float = 1.0,
+               size: tuple[int, int] | None = None, crf: int = 23) -> Path:
+    """A near-duplicate of the video at ``source``, as re-uploads make them: decoded and
+    encoded again at ``crf``, ``crop`` of the width and height cut from each side and the rest
+    scaled back (or to ``size``), ``brightness`` grey levels added, and played ``speed`` times
+    as fast (frames dropped or repeated at the same frame rate)."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps = int(round(stream.average_rate or 24))
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    height, width = frames[0].shape[:2]
+    out_size = size or (width, height)
+    dx, dy = round(crop * width), round(crop * height)
+
+    def changed(rgb: np.ndarray) -> np.ndarray:
+        cut = np.ascontiguousarray(rgb[dy:height - dy, dx:width - dx])
+        scaled = cv2.resize(cut, out_size, interpolation=cv2.INTER_AREA)
+        return np.clip(scaled.astype(np.int16) + brightness, 0, 255).astype(np.uint8)
+
+    picks = [min(len(frames) - 1, int(i * speed)) for i in range(int(len(frames) / speed))]
+    _encode(Path(target), (changed(frames[i]) for i in picks), fps, out_size, "h264", crf)
+    return Path(target)
 
 
 def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:

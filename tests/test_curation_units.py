@@ -279,7 +279,7 @@ def test_dissolves_are_split_out_and_their_frames_dropped(multishot) -> None:
     assert len(fades) == len(multishot.dissolves) == 1
     (start, end), (true_start, true_end) = fades[0], multishot.dissolves[0]
     assert abs(start - true_start) <= 3 and abs(end - true_end) <= 3, (fades, multishot.dissolves)
-    clips = [c for c in (clip_from_segment(s, info.fps, config.curation.split) for s in segments) if c is not None]
+    clips = [c for c in (clip_from_segment(s, info.fps, config.curation.split, config.curation.camera) for s in segments) if c is not None]
     assert clips and not any(c.start < true_end and c.end > true_start for c in clips)  # no clip holds a faded frame
     off = load_config("tiny", overrides=["curation.split.dissolves=false"])
     assert not any(s.transition for s in iter_segments(str(multishot.path), info, off.curation))
@@ -359,11 +359,34 @@ def test_decisions_name_the_reason_and_balance_strata() -> None:
     assert keep.tolist() == [True, False, False, False, True, True, False]
     assert reasons[1].startswith("aesthetic 2.00 < 3") and "too static" in reasons[2] and "too fast" in reasons[3]
     assert reasons[6] == "aesthetic could not be scored"
-    weights = balancing_weights(scores, keep, bins=2)
+    scores_only = ["aesthetic", "motion", "subject"]
+    weights = balancing_weights(scores, keep, bins=2, columns=scores_only)
     assert weights[~keep].sum() == 0 and abs(weights[keep].mean() - 1) < 1e-6
     common = pd.DataFrame({"aesthetic": [5.0] * 9 + [9.0], "motion": [0.1] * 10, "subject": [0.3] * 10})
-    w = balancing_weights(common, np.ones(10, bool), bins=2)
+    w = balancing_weights(common, np.ones(10, bool), bins=2, columns=scores_only)
     assert w[9] > 5 * w[0]  # the rare stratum is drawn as often as the common one in total
+    # camera classes are strata of their own when asked for: a lone tilt among pans
+    cameras = common.assign(aesthetic=5.0, camera_motion=["pan_left"] * 9 + ["tilt_up"])
+    assert balancing_weights(cameras, np.ones(10, bool), bins=2, columns=scores_only)[9] == 1.0
+    w = balancing_weights(cameras, np.ones(10, bool), bins=2, columns=[*scores_only, "camera_motion"])
+    assert w[9] == pytest.approx(9 * w[0])
+
+
+def test_camera_text_and_near_duplicate_filters_name_their_reason() -> None:
+    scores = pd.DataFrame({
+        "aesthetic": [5.0] * 5, "motion": [0.1] * 5, "subject": [0.3] * 5,
+        "camera_motion": ["pan_left", "shaky", None, "static", "pan_left"],
+        "text_area": [0.0, 0.0, 0.0, 0.2, np.nan],
+        "near_duplicate_of": [None, None, None, None, "abc:0-48"],
+    })
+    keep, reasons = keep_and_reasons(scores, FiltersConfig(drop_camera=["shaky"], max_text_area=0.1))
+    assert keep.tolist() == [True, False, True, False, False]
+    assert reasons[1] == "camera_motion shaky is in drop_camera"
+    assert reasons[3] == "text_area 0.200 > 0.1"
+    assert reasons[4] == "near_duplicate of abc:0-48"  # first, whatever else holds
+    keep, reasons = keep_and_reasons(scores, FiltersConfig(keep_camera=["pan_left", "pan_right"]))
+    assert keep.tolist() == [True, False, False, False, False]
+    assert reasons[2] == "camera_motion unknown is not in keep_camera ['pan_left', 'pan_right']"
 
 
 FIRST_TRIES: dict[str, int] = {}

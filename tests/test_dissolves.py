@@ -59,7 +59,7 @@ def _segments(video: SyntheticVideo, config) -> tuple[VideoInfo, list[Segment]]:
 
 
 def _clips(info: VideoInfo, segments: list[Segment], config) -> list[tuple[int, int]]:
-    drafts = (clip_from_segment(s, info.fps, config.curation.split) for s in segments)
+    drafts = (clip_from_segment(s, info.fps, config.curation.split, config.curation.camera) for s in segments)
     return [(c.start, c.end) for c in drafts if c is not None]
 
 

@@ -102,7 +102,7 @@ def test_sample_motion_follows_fast_pans_and_ignores_noise(noise: float) -> None
     diagonal = math.hypot(256, 144)
     for speed in (0.0, 0.5, 1.0, 4.0, 8.0):  # px per frame at 256 px wide
         earlier, before, now = (_shifted(canvas, speed * i, noise, rng) for i in (0, 11, 12))
-        measured = sample_motion(before, now, FPS, (earlier, 12))
+        measured = sample_motion(before, now, FPS, (earlier, 12)).speed
         truth = speed * FPS / diagonal
         assert abs(measured - truth) <= 0.05 * truth + 0.001, (speed, measured, truth)
     gap = flow_magnitude(_shifted(canvas, 0, 0, rng), _shifted(canvas, 48, 0, rng), 0.5)

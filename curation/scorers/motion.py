@@ -10,17 +10,37 @@ across corpora. Two methods: dense Farneback optical flow on small grey frames (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator, Optional
 
 import av
 import numpy as np
 
-from pipeline.flow import FARNEBACK_REACH_PX, flow_lengths, flow_magnitude
+from pipeline.flow import FARNEBACK_REACH_PX, flow_field
+
+
+@dataclass(frozen=True)
+class MotionReading:
+    """One sample's motion: its score, and the flow field it came from (which the camera
+    model reads, ``curation.scorers.camera``)."""
+
+    speed: float  # mean flow length, per frame diagonal per second
+    field: np.ndarray  # (h, w, 2) flow in work-width pixels
+    seconds: float  # the time the field spans
+
+
+def read_motion(earlier: np.ndarray, rgb: np.ndarray, seconds: float, work_width: int = 160) -> MotionReading:
+    """The flow from ``earlier`` to ``rgb``, ``seconds`` apart, as a reading."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    field = flow_field(earlier, rgb, work_width)
+    diagonal = math.hypot(*field.shape[:2])
+    return MotionReading(float(np.hypot(field[..., 0], field[..., 1]).mean()) / diagonal / seconds, field, seconds)
 
 
 def sample_motion(before: np.ndarray, rgb: np.ndarray, fps: float,
-                  earlier: Optional[tuple[np.ndarray, int]] = None, work_width: int = 160) -> float:
+                  earlier: Optional[tuple[np.ndarray, int]] = None, work_width: int = 160) -> MotionReading:
     """Motion at a sampled frame ``rgb``, per frame diagonal and per second.
 
     First measured against ``before``, the frame just before it: one frame apart, Farneback
@@ -31,10 +51,12 @@ def sample_motion(before: np.ndarray, rgb: np.ndarray, fps: float,
     frame and how many frames before ``rgb`` it lies, such as the previous sample), the
     motion is measured across that gap instead.
     """
-    lengths, diagonal = flow_lengths(before, rgb, work_width)
-    if earlier is not None and float(np.percentile(lengths, 95)) * earlier[1] <= FARNEBACK_REACH_PX:
-        return flow_magnitude(earlier[0], rgb, earlier[1] / fps, work_width)
-    return float(lengths.mean()) / diagonal * fps
+    neighbours = read_motion(before, rgb, 1 / fps, work_width)
+    if earlier is not None:
+        lengths = np.hypot(neighbours.field[..., 0], neighbours.field[..., 1])
+        if float(np.percentile(lengths, 95)) * earlier[1] <= FARNEBACK_REACH_PX:
+            return read_motion(earlier[0], rgb, earlier[1] / fps, work_width)
+    return neighbours
 
 
 class ReferenceOrder:

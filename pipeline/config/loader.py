@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal, Union
 
 import yaml
 
-from pipeline.config.schema import Config
+from pipeline.config.schema import BALANCE_COLUMNS, CAMERA_CLASSES, Config, CurationConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -281,6 +281,29 @@ def _span_seconds(frames: int, sample_fps: float) -> float:
     return (frames - 1) / sample_fps
 
 
+def _validate_signals(cfg: CurationConfig) -> None:
+    """Camera classes, balancing columns and the near-duplicate and text thresholds."""
+    for key in ("drop_camera", "keep_camera"):
+        unknown = [c for c in getattr(cfg.filters, key) if c not in CAMERA_CLASSES]
+        if unknown:
+            raise ConfigError(f"curation.filters.{key}: unknown camera class(es) {unknown}; "
+                              f"the classes are {list(CAMERA_CLASSES)}")
+    unknown = [c for c in cfg.balance_on if c not in BALANCE_COLUMNS]
+    if unknown:
+        raise ConfigError(f"curation.balance_on: cannot stratify on {unknown}; choose from {list(BALANCE_COLUMNS)}")
+    if not 0 <= cfg.filters.max_text_area <= 1:
+        raise ConfigError(f"curation.filters.max_text_area: a share of the frame, 0 to 1, got {cfg.filters.max_text_area}")
+    for key in ("static_speed", "shaky_speed"):
+        if not getattr(cfg.camera, key) > 0:
+            raise ConfigError(f"curation.camera.{key}: must be positive, got {getattr(cfg.camera, key)}")
+    near = cfg.near_duplicates
+    if not 0 < near.min_similarity <= 1:
+        raise ConfigError(f"curation.near_duplicates.min_similarity: a cosine in (0, 1], got {near.min_similarity}")
+    for key in ("neighbours", "index_min_rows"):
+        if getattr(near, key) < 1:
+            raise ConfigError(f"curation.near_duplicates.{key}: must be at least 1, got {getattr(near, key)}")
+
+
 def _validate_curation(config: Config) -> None:
     """Limits that would otherwise fail a job hours in, and (frames, fps) shapes that
     training would sample but no clip that curation cuts could ever supply."""
@@ -295,6 +318,7 @@ def _validate_curation(config: Config) -> None:
         value = functools.reduce(getattr, key.split("."), cfg)
         if not value > 0:
             raise ConfigError(f"curation.{key}: must be positive, got {value}")
+    _validate_signals(cfg)
     fastest = max(train.fps_values)
     for frames in train.frame_counts:
         if frames < 1 or _span_seconds(frames, fastest) > cfg.split.max_seconds:

@@ -322,6 +322,39 @@ class ScoringConfig:
     aesthetic_memory_mb: int = 4096
 
 
+# The classes curation/scorers/camera.py gives a clip's camera (filters name them).
+CAMERA_CLASSES = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "rotate", "shaky")
+# What the balancing weights can stratify on (curation.balance_on).
+BALANCE_COLUMNS = ("aesthetic", "motion", "subject", "text_area", "camera_motion")
+
+
+@dataclass
+class CameraConfig:
+    """Camera-motion classes (curation/scorers/camera.py): speeds at the picture's corner,
+    in frame diagonals per second."""
+
+    # Below this the camera is static (0.004: 2 px/s on a 448x256 frame).
+    static_speed: float = 0.004
+    # Shifts that scatter around the clip's median move by more than this (and by more than
+    # that move) are shake.
+    shaky_speed: float = 0.02
+
+
+@dataclass
+class NearDuplicatesConfig:
+    """Clips that show the same footage (re-encoded, rescaled, slightly cropped, brightened or
+    re-timed copies) found through a Lance vector index of their fingerprints."""
+
+    enabled: bool = True
+    # Mean cosine similarity of the keyframes' fingerprints at which two clips are copies.
+    min_similarity: float = 0.95
+    # Nearest clips each clip is compared with.
+    neighbours: int = 8
+    # Tables with at least this many clips get an IVF vector index; smaller ones are
+    # searched exactly (a flat scan is faster there than training an index).
+    index_min_rows: int = 50_000
+
+
 @dataclass
 class FiltersConfig:
     """Thresholds; rows outside them stay in the table with keep=false and the reason."""
@@ -332,6 +365,11 @@ class FiltersConfig:
     max_motion: float = 1.0
     min_subject: float = 0.0
     max_subject: float = 1.0
+    # Camera classes to drop (e.g. [shaky]), or the only ones to keep (empty: all of them).
+    drop_camera: list[str] = field(default_factory=list)
+    keep_camera: list[str] = field(default_factory=list)
+    # Largest share of the frame covered by text (subtitles, watermarks); 1: no filter.
+    max_text_area: float = 1.0
 
 
 @dataclass
@@ -349,9 +387,14 @@ class CurationConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     filters: FiltersConfig = field(default_factory=FiltersConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
-    # Quantile bins per score (aesthetic, motion, subject) for the balancing weights.
+    # Quantile bins per score for the balancing weights.
     balance_bins: int = 3
+    # What the balancing weights stratify on: scores (binned by quantiles) and, for clips,
+    # camera_motion (one stratum per class). A column a table lacks is skipped for it.
+    balance_on: list[str] = field(default_factory=lambda: ["aesthetic", "motion", "subject"])
     # Per-input limit, counted from the moment the file's work starts (never its wait in a
     # queue); a file whose work runs longer (a hung decoder) becomes a terminal reject.
     file_timeout_s: float = 300.0

@@ -1,0 +1,128 @@
+"""The peers' curation signals through the CLI on real encoded videos: camera-motion classes,
+near-duplicates (re-encoded, cropped, brightened and re-timed copies caught; another shot of
+the same scene not), the report's new sections, and ``curate search``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.tables import CLIPS, open_curated
+from support.synthetic import CameraShot, photo_like, sample_photographs, write_camera_video, write_copy
+
+SIZE = (320, 180)
+FRAMES = 48  # 2 s at 24 fps
+COPIES = ["original", "copy_reencoded", "copy_cropped", "copy_brighter", "copy_faster"]
+
+
+def _picture() -> np.ndarray:
+    photos = sample_photographs()
+    return np.asarray(Image.open(photos[0]).convert("RGB")) if photos else photo_like(600, 900, seed=4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One slow pan and four copies of it; two other shots; and another shot of the pan's
+    scene (the same photograph, framed closer on its left part)."""
+    folder = tmp_path_factory.mktemp("signals")
+    picture = _picture()
+    original = write_camera_video(folder / "original.mp4", [CameraShot(picture, FRAMES, pan=(0.5, 0.0))],
+                                  size=SIZE).path
+    write_copy(original, folder / "copy_reencoded.mp4", crf=35)
+    write_copy(original, folder / "copy_cropped.mp4", crop=0.04)
+    write_copy(original, folder / "copy_brighter.mp4", brightness=25)
+    write_copy(original, folder / "copy_faster.mp4", speed=1.25)
+    left = picture[:, : picture.shape[1] // 2]
+    write_camera_video(folder / "same_scene.mp4", [CameraShot(left, FRAMES, pan=(0.5, 0.0))], size=SIZE)
+    write_camera_video(folder / "zoom.mp4", [CameraShot(photo_like(500, 800, seed=5), FRAMES, zoom=0.008)], size=SIZE)
+    write_camera_video(folder / "tilt.mp4", [CameraShot(photo_like(500, 800, seed=7), FRAMES, pan=(0.0, -1.5))],
+                       size=SIZE)
+    return folder
+
+
+def _curate(corpus: Path, out: Path, *overrides: str) -> None:
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(out), "--preset",
+                          "tiny", "--quiet", *sets], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def _clips(out: Path) -> dict[str, dict]:
+    rows = open_curated(out / CLIPS).to_table(columns=["clip_id", "source", "camera_motion", "near_duplicate_of",
+                                                        "keep", "drop_reason", "aesthetic", "caption_source"])
+    return {Path(r["source"]).stem: r for r in rows.to_pylist()}
+
+
+def _check_groups(clips: dict[str, dict]) -> None:
+    assert set(clips) >= set(COPIES) | {"same_scene", "zoom", "tilt"}, sorted(clips)
+    kept = [name for name in COPIES if clips[name]["near_duplicate_of"] is None]
+    assert len(kept) == 1, {n: clips[n]["near_duplicate_of"] for n in COPIES}
+    keeper = clips[kept[0]]
+    for name in COPIES:
+        if name != kept[0]:
+            assert clips[name]["near_duplicate_of"] == keeper["clip_id"], name
+            assert not clips[name]["keep"] and clips[name]["drop_reason"] == f"near_duplicate of {keeper['clip_id']}"
+            assert clips[name]["aesthetic"] <= keeper["aesthetic"]  # the best copy is the one kept
+    for name in ("same_scene", "zoom", "tilt"):
+        assert clips[name]["near_duplicate_of"] is None, name
+
+
+def test_signals_through_the_cli(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _curate(corpus, out)
+    clips = _clips(out)
+    _check_groups(clips)
+    assert clips["original"]["camera_motion"] == "pan_right"
+    assert clips["zoom"]["camera_motion"] == "zoom_in"
+    assert clips["tilt"]["camera_motion"] == "tilt_up"
+    assert {c["caption_source"] for c in clips.values()} == {"none"}  # a folder gives no captions
+
+    # the report shows the new signals
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", "report", str(out), "--preset", "tiny"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    page = (out / "report.html").read_text()
+    for section in ("camera motion before and after the filters", "its copies", "dropped for near_duplicate",
+                    "clips without a caption: <b>8</b>"):
+        assert section in page, section
+
+    # search: a clip's copies come first, and a frame of the pan finds the pan's group
+    keeper = next(clips[n] for n in COPIES if clips[n]["near_duplicate_of"] is None)
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", "search", str(out), "--clip-id",
+                          keeper["clip_id"], "--top", "4"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.strip().splitlines()
+    found = {line.split()[1] for line in lines[:-1]}
+    assert found == {clips[n]["clip_id"] for n in COPIES} - {keeper["clip_id"]}, lines
+    assert Path(lines[-1]).is_file() and "similarity" in Path(lines[-1]).read_text()
+
+    import av
+
+    with av.open(str(corpus / "original.mp4")) as video:
+        frame = next(video.decode(video=0)).to_ndarray(format="rgb24")
+    Image.fromarray(frame).save(tmp_path / "query.jpg")
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", "search", str(out), "--image",
+                          str(tmp_path / "query.jpg"), "--top", "3", "--sheet", str(tmp_path / "sheet.html")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    nearest = [line.split()[-1] for line in run.stdout.strip().splitlines()[:-1]]
+    assert all(Path(n).stem.startswith(("original", "copy_")) for n in nearest), nearest
+
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "curate", "search", str(out), "--clip-id", "nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no clip 'nope'" in bad.stderr
+
+
+def test_near_duplicates_through_the_vector_index(corpus: Path, tmp_path: Path) -> None:
+    """The same groups when the clips table is large enough for an IVF index."""
+    out = tmp_path / "out"
+    _curate(corpus, out, "curation.near_duplicates.index_min_rows=4")
+    indices = lance.dataset(str(out / CLIPS)).list_indices()
+    assert any(index["fields"] == ["fingerprint"] for index in indices), indices
+    _check_groups(_clips(out))
