@@ -187,7 +187,8 @@ def contact_sheet(df: pd.DataFrame, title: str, id_column: str) -> str:
                            if k in row and row[k] is not None and not pd.isna(row[k]))
         if isinstance(row.get("camera_motion"), str):
             scores += f", camera {row['camera_motion']} ({row.get('camera_confidence', float('nan')):.2f})"
-        reason = f'<div class="dropped">{html.escape(str(row["drop_reason"]))}</div>' if row.get("drop_reason") else ""
+        reason = (f'<div class="dropped">{html.escape(row["drop_reason"])}</div>'
+                  if isinstance(row.get("drop_reason"), str) else "")
         cards.append(
             f'<div class="card"><img src="data:image/jpeg;base64,{img}"><div><b>{html.escape(str(row[id_column]))}</b></div>'
             f'<div>{html.escape(str(row.get("caption") or ""))}</div><div class="muted">{scores}</div>{reason}</div>'

@@ -23,8 +23,8 @@ from curation.scorers.fingerprint import clip_fingerprint, frame_fingerprint
 from pipeline.tables import CLIPS, open_curated
 
 KEYFRAMES = 3
-SHOWN = ["clip_id", "source", "start_frame", "end_frame", "keep", "drop_reason", "camera_motion", "aesthetic",
-         "near_duplicate_of", "thumbnail"]
+SHOWN = ["clip_id", "source", "start_frame", "end_frame", "keep", "drop_reason", "camera_motion", "camera_confidence",
+         "aesthetic", "near_duplicate_of", "thumbnail"]
 
 
 class SearchError(ValueError):
