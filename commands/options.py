@@ -39,6 +39,8 @@ class ConfigFlag:
 CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("curate", "--follow-symlinks", "curation.follow_symlinks", bool,
                "follow links to folders in folder scans and ** globs"),
+    ConfigFlag("curate", "--recaption", "curation.captioning.recaption", bool,
+               "caption every clip and image with curation.captioning.model, replacing the inputs' captions"),
     ConfigFlag("train", "--workers", "train.workers", int, "Ray Train workers"),
     ConfigFlag("train", "--zero-stage", "train.zero_stage", int, "DeepSpeed ZeRO stage", choices=(0, 1, 2, 3)),
     ConfigFlag("train", "--max-steps", "train.max_steps", int, "optimizer steps the run ends at"),

@@ -1,8 +1,9 @@
 """The curation job: one streaming Ray Data pipeline from the plan to Lance fragments.
 
     plan (driver) -> unit ranges -> FileStage actors (read their units of the plan; sandboxed
-                  per-file work; on CPU also score and write)
-                  [-> AestheticStage actors holding curation.scoring.aesthetic_gpus: score, write]
+                  per-file work; the models on CPU caption and score; without a GPU model, write)
+                  [-> GpuModelStage actors holding the GPUs of curation.scoring.aesthetic_gpus
+                      and curation.captioning.gpus: caption, score, write]
                   -> fragment records -> driver: commits them every curation.commit_every_s
 
 The driver plans, commits and reports: media and rows stay in the object store and the
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 from curation.finalize import committed, finalize
 from curation.plan import Plan, unfinished, unit_ranges, write_plan
 from curation.sandbox import one_line
-from curation.stages import TABLE_SCHEMAS, AestheticStage, FileStage, lost_rows, write_fragments
+from curation.stages import TABLE_SCHEMAS, FileStage, GpuModelStage, lost_rows, write_fragments
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, find_in_chain, init_ray
 from pipeline.tables import CURATED_VERSIONS
@@ -72,7 +73,7 @@ class Progress:
     at_first: Counter = field(default_factory=Counter)  # the sums as of that record
 
     def add(self, record: dict[str, Any]) -> None:
-        for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s"):
+        for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s", "caption_s"):
             self.counts[key] += record[key]
         if self.first_at is None:
             self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
@@ -90,6 +91,7 @@ class Progress:
             # per busy second of each stage's workers: what one more worker would add
             "file_stage_video_seconds_per_worker_s": round(c["video_seconds"] / c["work_s"], 3) if c["work_s"] else 0.0,
             "aesthetic_rows_per_worker_s": round((c["clips"] + c["images"]) / c["aesthetic_s"], 1) if c["aesthetic_s"] else 0.0,
+            "captioning_worker_s": round(c["caption_s"], 2),  # the captioner's busy seconds, all workers
         }
         # Start-up (Ray's workers, the sandboxes, the first unit) against the rate after it:
         # what a longer job, or a bigger cluster, would see. None until a second unit ends.
@@ -164,19 +166,24 @@ def build_pipeline(plan: Plan, out: Path, config: Config) -> ray.data.Dataset:
     # driver keeps some state per block (a 100k-input plan in a block per unit took 135 MB
     # more of it than one in 157 blocks), and a worker's records reach it once a block ends.
     ranges = unit_ranges(plan, BLOCKS_PER_CPU * cpus)
-    on_gpu = scoring.aesthetic_gpus > 0
+    captioning = cfg.captioning
+    gpus = max(scoring.aesthetic_gpus, captioning.gpus if captioning.model else 0.0)
     # One range per call. A pool of fixed size starts all its workers at once (an
     # autoscaling one adds them late).
     files = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-        FileStage, fn_constructor_args=(config, str(plan.path), None if on_gpu else str(out)),
+        FileStage, fn_constructor_args=(config, str(plan.path), None if gpus else str(out)),
         batch_size=1, batch_format="pyarrow", num_cpus=1, memory=memory, max_task_retries=retries,
         compute=ray.data.ActorPoolStrategy(size=_pool_size(cpus, memory, len(ranges)),
                                            max_tasks_in_flight_per_actor=RANGES_IN_FLIGHT_PER_WORKER))
-    if not on_gpu:
+    if not gpus:
         return files
-    return files.map_batches(AestheticStage, fn_constructor_args=(scoring, str(out)), batch_format="pyarrow",
-                             batch_size=SCORER_BATCH_ROWS, num_gpus=scoring.aesthetic_gpus, num_cpus=0,
-                             memory=scoring.aesthetic_memory_mb * MIB, max_task_retries=retries,
+    # One pool holds every model configured with GPUs, each actor the larger of their GPU
+    # shares (both models share its device) and the sum of their memory.
+    model_memory = (scoring.aesthetic_memory_mb if scoring.aesthetic_gpus else 0) + (
+        captioning.memory_mb if captioning.model and captioning.gpus else 0)
+    return files.map_batches(GpuModelStage, fn_constructor_args=(cfg, str(out)), batch_format="pyarrow",
+                             batch_size=SCORER_BATCH_ROWS, num_gpus=gpus, num_cpus=0,
+                             memory=model_memory * MIB, max_task_retries=retries,
                              compute=ray.data.ActorPoolStrategy(size=scoring.aesthetic_actors))
 
 

@@ -226,9 +226,10 @@ def throughput_table(summary: dict) -> str:
 def write_report(out_dir: str | Path, config: Config, top: int = 8) -> Path:
     out = Path(out_dir)
     filters = config.curation.filters
-    common = ["source", "caption", "aesthetic", "subject", "keep", "drop_reason", "weight", "thumbnail", "bucket"]
+    common = ["source", "caption", "caption_source", "aesthetic", "subject", "keep", "drop_reason", "weight", "thumbnail",
+              "bucket"]
     clips = _read(out, CLIPS, ["clip_id", "motion", "motion_flow", "motion_vectors", "frame_fps", "camera_motion",
-                               "camera_confidence", "text_area", "caption_source", "near_duplicate_of", *common])
+                               "camera_confidence", "text_area", "near_duplicate_of", *common])
     images = _read(out, IMAGES, ["image_id", *common])
     rejects = _read(out, REJECTS, ["source", "kind", "stage", "reason", "retryable", "attempts"])
     parts = [f"<h1>Curation report: {html.escape(str(out))}</h1>"]

@@ -1,18 +1,20 @@
 """The pipeline's stages, as Ray Data runs them: callable classes for ``map_batches``.
 
-    scoring on CPU:  unit ranges --FileStage (read plan, work, score, write)--> fragment records
-    scoring on GPU:  unit ranges --FileStage (read plan, work)--> staged rows --AestheticStage (score, write)--> records
+    models on CPU:  unit ranges --FileStage (read plan, work, caption, score, write)--> fragment records
+    a model on GPU: unit ranges --FileStage (read plan, work[, CPU models])--> staged rows
+                    --GpuModelStage (caption and/or score, write)--> records
 
-On CPU the scorer runs inside each file worker (loaded once per actor): a separate CPU pool
-would take a core from the per-file work and copy every keyframe through the object store
-for a few milliseconds of scoring. With ``curation.scoring.aesthetic_gpus`` it is a pool of
-its own that holds the GPUs, fed by all the file workers. The rows between stages share one
+On CPU the aesthetic scorer, and the captioner when ``curation.captioning.model`` names one,
+run inside each file worker (loaded once per actor): a separate CPU pool would take a core
+from the per-file work and copy every keyframe through the object store. A model configured
+with GPUs (``curation.scoring.aesthetic_gpus``, ``curation.captioning.gpus``) runs in a pool
+of its own that holds the GPUs, fed by all the file workers. The rows between stages share one
 Arrow schema, ``STAGED_SCHEMA``: the union of the clip, image and
 reject columns, plus ``table`` (which table a row goes to), the keyframes the aesthetic
-scorer reads, and per-row work figures that the driver sums into throughput. One schema lets
-the three kinds of row flow through one streaming pipeline, and Arrow stores the columns a
-row does not use as nulls at no cost. The last stage writes Lance fragments from the worker
-and returns only their metadata, so media never reach the driver.
+scorer and the captioner read, and per-row work figures that the driver sums into
+throughput. One schema lets the three kinds of row flow through one streaming pipeline, and
+Arrow stores the columns a row does not use as nulls at no cost. The last stage writes Lance
+fragments from the worker and returns only their metadata, so media never reach the driver.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from curation.keyframes import decode_jpeg
 from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
 from curation.sources import MediaItem
-from pipeline.config.schema import Config, ScoringConfig
+from pipeline.config.schema import CaptioningConfig, Config, CurationConfig, ScoringConfig
 from pipeline.tables import CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions
 
 # Table name -> the schema its fragments are written with (decisions come at finalize).
@@ -46,6 +48,7 @@ WORK_FIELDS = [
     pa.field("video_seconds", pa.float64()),  # the input's length, on its first row
     pa.field("work_s", pa.float64()),  # the input's work in its sandbox, on its first row
     pa.field("aesthetic_s", pa.float64()),  # the scorer's time for a batch, on its first row
+    pa.field("caption_s", pa.float64()),  # the captioner's time for a batch, on its first row
 ]
 
 
@@ -62,7 +65,7 @@ STAGED_SCHEMA = _union(*TABLE_SCHEMAS.values(), pa.schema(WORK_FIELDS))
 WRITTEN_SCHEMA = pa.schema(
     [pa.field(f"{name}_fragments", pa.string()) for name in TABLE_SCHEMAS]
     + [pa.field(name, pa.int64()) for name in ("clips", "images", "rejects", "files")]
-    + [pa.field(name, pa.float64()) for name in ("video_seconds", "work_s", "aesthetic_s")]
+    + [pa.field(name, pa.float64()) for name in ("video_seconds", "work_s", "aesthetic_s", "caption_s")]
 )
 
 
@@ -85,17 +88,19 @@ class FileStage:
         # process wait on the others' threads (an image alone used 1.3 cores).
         cv2.setNumThreads(1)
         self.sandbox = Sandbox(config)
-        self.sandbox.start()  # its imports overlap the scorer's loading and Ray's start-up
+        self.sandbox.start()  # its imports overlap the models' loading and Ray's start-up
         self.plan, self.out = plan, out
-        self.scorer = _scorer(config.curation.scoring, "cpu") if out else None
+        curation = config.curation
+        self.scorer = _scorer(curation.scoring, "cpu") if not curation.scoring.aesthetic_gpus else None
+        self.captioner = _captioner(curation.captioning, "cpu") if not curation.captioning.gpus else None
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         """One output per unit of the batch's ranges: a range can hold many videos, and a
         worker holds one unit's rows (a video's clips) at a time."""
         for start, stop in zip(batch.column("start").to_pylist(), batch.column("stop").to_pylist()):
             for unit in read_units(self.plan, start, stop):
-                staged = _staged(self._unit_rows(unit))
-                yield write_fragments(score(self.scorer, staged), self.out) if self.out else staged
+                staged = _with_models(_staged(self._unit_rows(unit)), self.captioner, self.scorer)
+                yield write_fragments(staged, self.out) if self.out else staged
 
     def _unit_rows(self, unit: list[dict[str, Any]]) -> list[dict[str, Any]]:
         to_work = [p for p in unit if p["reject_stage"] is None]
@@ -113,6 +118,24 @@ def _scorer(scoring: ScoringConfig, device: str) -> Any:
     from curation.scorers.aesthetic import build_aesthetic_scorer
 
     return build_aesthetic_scorer(scoring.aesthetic_head, scoring.aesthetic_clip, device)
+
+
+def _captioner(captioning: CaptioningConfig, device: str) -> Optional[Any]:
+    """The captioning stage for ``captioning.model``, or None when no model is configured."""
+    if not captioning.model:
+        return None
+    from curation.captioner import CaptionStage
+
+    return CaptionStage(captioning.model, captioning.prompt, device, captioning.max_new_tokens,
+                        captioning.batch_size, captioning.recaption, captioning.dtype)
+
+
+def _with_models(batch: pa.Table, captioner: Optional[Any], scorer: Optional[Any]) -> pa.Table:
+    """The batch captioned (where a row needs it) and scored, by whichever models this
+    process holds; both read the keyframes, which the writer leaves out."""
+    if captioner is not None:
+        batch = captioner(batch)
+    return score(scorer, batch) if scorer is not None else batch
 
 
 def _planned_reject(planned: dict[str, Any]) -> Optional[Outcome]:
@@ -145,21 +168,24 @@ def _outcome_rows(planned: dict[str, Any], outcome: Outcome) -> list[dict[str, A
     return rows
 
 
-class AestheticStage:
-    """The GPU scorer's pool: scores the staged rows and writes them. A class so the
-    (possibly CLIP-sized) model loads once per actor, which lives for the whole job."""
+class GpuModelStage:
+    """The GPU pool: the models configured with GPUs (the aesthetic scorer with
+    ``scoring.aesthetic_gpus``, the captioner with ``captioning.gpus``) caption and score the
+    staged rows, and the rows are written. A class so the (possibly CLIP- or BLIP-sized)
+    models load once per actor, which lives for the whole job."""
 
-    def __init__(self, scoring: ScoringConfig, out: str) -> None:
-        self.scorer = _scorer(scoring, "cuda")
+    def __init__(self, curation: CurationConfig, out: str) -> None:
+        self.scorer = _scorer(curation.scoring, "cuda") if curation.scoring.aesthetic_gpus else None
+        self.captioner = _captioner(curation.captioning, "cuda") if curation.captioning.gpus else None
         self.out = out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return write_fragments(score(self.scorer, batch), self.out)
+        return write_fragments(_with_models(batch, self.captioner, self.scorer), self.out)
 
 
 def score(scorer: Any, batch: pa.Table) -> pa.Table:
-    """The batch with each media row's aesthetic score, its keyframes dropped, and the time
-    scoring took (on the first row); rejects pass through unscored."""
+    """The batch with each media row's aesthetic score and the time scoring took (on the
+    first row); rejects pass through unscored."""
     started = time.monotonic()
     scores = []
     for frames in batch.column("keyframes").to_pylist():
@@ -169,8 +195,6 @@ def score(scorer: Any, batch: pa.Table) -> pa.Table:
         images = np.stack([decode_jpeg(f) for f in frames])
         scores.append(float(np.mean(scorer(images))))
     batch = batch.set_column(batch.schema.get_field_index("aesthetic"), "aesthetic", pa.array(scores, pa.float32()))
-    batch = batch.set_column(batch.schema.get_field_index("keyframes"), "keyframes",
-                             pa.nulls(batch.num_rows, pa.list_(pa.binary())))
     spent = [time.monotonic() - started] + [0.0] * (batch.num_rows - 1) if batch.num_rows else []
     return batch.set_column(batch.schema.get_field_index("aesthetic_s"), "aesthetic_s", pa.array(spent, pa.float64()))
 
@@ -186,6 +210,6 @@ def write_fragments(batch: pa.Table, out: str) -> pa.Table:
         record[name.split(".")[0]] = part.num_rows
         fragments = write(part, f"{out}/{name}", schema=schema) if part.num_rows else []
         record[f"{name}_fragments"] = json.dumps([json.dumps(f.to_json()) for f in fragments])
-    for name in ("files", "video_seconds", "work_s", "aesthetic_s"):
+    for name in ("files", "video_seconds", "work_s", "aesthetic_s", "caption_s"):
         record[name] = pc.sum(batch.column(name)).as_py() or 0
     return pa.Table.from_pylist([record], schema=WRITTEN_SCHEMA)

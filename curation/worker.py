@@ -124,11 +124,13 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
     small_size = analysis_size(width, height, config.curation.shots.analysis_width)
     small = np.asarray(Image.fromarray(rgb).resize(small_size, Image.BILINEAR))
     thumb = encode_jpeg(small)
+    caption = read_caption(item) or ""
     return [
         {
             "image_id": hashlib.sha256(data).hexdigest()[:16],
             "source": item.uri,
-            "caption": read_caption(item) or "",
+            "caption": caption,
+            "caption_source": "input" if caption else "none",
             "width": width,
             "height": height,
             "subject": subject_share(small),

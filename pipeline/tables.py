@@ -88,6 +88,7 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("aesthetic", pa.float32()),
         pa.field("subject", pa.float32()),
+        pa.field("caption_source", pa.string()),  # input | model:<name> | none
         pa.field("bucket", pa.string()),
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),

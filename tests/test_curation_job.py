@@ -166,7 +166,7 @@ def test_a_gpu_scorer_pool_gives_the_same_tables(corpus, curated, tmp_path) -> N
     )
     proc = subprocess.run([sys.executable, "-c", script, str(folder), str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "AestheticStage" in proc.stderr  # the plan had the scorer's own pool
+    assert "GpuModelStage" in proc.stderr  # the plan had the GPU models' own pool
     for name, columns in ((CLIPS, ["clip_id", "aesthetic", "keep"]), (IMAGES, ["image_id", "aesthetic"]),
                           (REJECTS, ["source", "stage"])):
         assert _rows(out, name, columns) == _rows(curated, name, columns), name

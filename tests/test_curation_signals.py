@@ -119,6 +119,7 @@ def test_signals_through_the_cli(corpus: Path, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "no clip 'nope'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_near_duplicates_through_the_vector_index(corpus: Path, tmp_path: Path) -> None:
     """The same groups when the clips table is large enough for an IVF index."""
     out = tmp_path / "out"
@@ -126,3 +127,39 @@ def test_near_duplicates_through_the_vector_index(corpus: Path, tmp_path: Path) 
     indices = lance.dataset(str(out / CLIPS)).list_indices()
     assert any(index["fields"] == ["fingerprint"] for index in indices), indices
     _check_groups(_clips(out))
+
+
+@pytest.mark.slow
+def test_captions_from_a_local_model_through_the_cli(corpus: Path, tmp_path: Path) -> None:
+    """Rows without a caption get the model's, credited to it; rows with one keep theirs;
+    ``--recaption`` replaces those too; the report counts the sources."""
+    from support.synthetic import write_image_manifest
+    from tests.test_captioner import write_tiny_blip
+
+    model = write_tiny_blip(tmp_path / "tiny-blip")
+    manifest = write_image_manifest(tmp_path / "images", count=4, bad_rows=0)
+    out = tmp_path / "out"
+    _curate(corpus, out, f"curation.captioning.model={model}", "curation.captioning.max_new_tokens=6")
+    clips = _clips(out)
+    assert {c["caption_source"] for c in clips.values()} == {"model:tiny-blip"}
+    captions = open_curated(out / CLIPS).to_table(columns=["caption"]).column("caption").to_pylist()
+    assert all(captions), captions
+
+    _curate(manifest, out, f"curation.captioning.model={model}", "curation.captioning.max_new_tokens=6")
+    images = open_curated(out / "images.lance").to_table(columns=["caption", "caption_source"]).to_pylist()
+    assert {i["caption_source"] for i in images} == {"input"}
+    assert all(i["caption"].startswith(("a coloured object", "a synthetic")) for i in images)
+
+    recaptioned = tmp_path / "recaptioned"
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(manifest), "--out", str(recaptioned),
+                          "--preset", "tiny", "--quiet", "--recaption", "--set", f"curation.captioning.model={model}",
+                          "--set", "curation.captioning.max_new_tokens=6"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    images = open_curated(recaptioned / "images.lance").to_table(columns=["caption_source"]).to_pylist()
+    assert {i["caption_source"] for i in images} == {"model:tiny-blip"}
+
+    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", "report", str(out), "--preset", "tiny"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    page = (out / "report.html").read_text()
+    assert "caption source: model:tiny-blip: 8" in page and "caption source: input: 4" in page

@@ -282,7 +282,7 @@ def _span_seconds(frames: int, sample_fps: float) -> float:
 
 
 def _validate_signals(cfg: CurationConfig) -> None:
-    """Camera classes, balancing columns and the near-duplicate and text thresholds."""
+    """Camera classes, balancing columns, captioning, and the near-duplicate and text thresholds."""
     for key in ("drop_camera", "keep_camera"):
         unknown = [c for c in getattr(cfg.filters, key) if c not in CAMERA_CLASSES]
         if unknown:
@@ -296,6 +296,12 @@ def _validate_signals(cfg: CurationConfig) -> None:
     for key in ("static_speed", "shaky_speed"):
         if not getattr(cfg.camera, key) > 0:
             raise ConfigError(f"curation.camera.{key}: must be positive, got {getattr(cfg.camera, key)}")
+    captioning = cfg.captioning
+    for key in ("max_new_tokens", "batch_size", "memory_mb"):
+        if getattr(captioning, key) < 1:
+            raise ConfigError(f"curation.captioning.{key}: must be at least 1, got {getattr(captioning, key)}")
+    if captioning.gpus < 0:
+        raise ConfigError(f"curation.captioning.gpus: must be >= 0, got {captioning.gpus}")
     near = cfg.near_duplicates
     if not 0 < near.min_similarity <= 1:
         raise ConfigError(f"curation.near_duplicates.min_similarity: a cosine in (0, 1], got {near.min_similarity}")

@@ -314,7 +314,9 @@ class ScoringConfig:
     # weight-free image-quality score ranks the clips.
     aesthetic_head: Optional[str] = None
     aesthetic_clip: Optional[str] = None
-    # Actors scoring aesthetics, and GPUs per actor (0 on CPU-only clusters).
+    # Actors in the GPU model pool (the aesthetic scorer with GPUs, and the captioner when
+    # it holds GPUs too), and the scorer's GPUs per actor (0 on CPU-only clusters: the scorer
+    # then runs inside each file worker).
     aesthetic_actors: int = 1
     aesthetic_gpus: float = 0.0
     # Memory each GPU scorer actor declares to Ray, in MiB (CLIP ViT-L/14 and its batches;
@@ -359,6 +361,27 @@ class NearDuplicatesConfig:
 
 
 @dataclass
+class CaptioningConfig:
+    """Captions for clips and images that came without one (curation/captioner.py): a
+    vision-language model from a local transformers folder (BLIP, Qwen2-VL, Florence-2's
+    converted layout), reading each row's middle keyframe. Without a folder, rows keep the
+    captions their inputs gave."""
+
+    model: Optional[str] = None
+    # BLIP: the text the caption continues ("" for none); chat models: the user's message.
+    prompt: str = "a picture of"
+    max_new_tokens: int = 30
+    batch_size: int = 16  # frames per generate call
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # half precision on GPUs only
+    # GPUs per captioning actor: above 0 it runs in the GPU actor pool (with the aesthetic
+    # scorer when that holds GPUs too), else inside each file worker.
+    gpus: float = 0.0
+    memory_mb: int = 4096  # declared to Ray by the GPU pool's actors (an estimate, not measured)
+    # Caption every row, replacing the captions the inputs gave (i2vgen curate --recaption).
+    recaption: bool = False
+
+
+@dataclass
 class FiltersConfig:
     """Thresholds; rows outside them stay in the table with keep=false and the reason."""
 
@@ -392,6 +415,7 @@ class CurationConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
+    captioning: CaptioningConfig = field(default_factory=CaptioningConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     # Quantile bins per score for the balancing weights.
     balance_bins: int = 3
