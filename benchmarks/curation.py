@@ -18,7 +18,10 @@ and the per-frame work of the detectors and scorers weighs most:
 - the whole job (Ray, Lance) in video-seconds per second and per core;
 - Farneback vs codec motion vectors: time per video-second, and the rank correlation and
   median ratio of their per-clip scores (both read the same unit, so the ratio should be ~1);
-- peak RSS of a worker process on a short and on a long 720p video (memory must stay flat).
+- peak RSS of a worker process on a short and on a long 720p video (memory must stay flat);
+- the per-sample signals of the analysis pass (camera model, fingerprint, text area): CPU
+  seconds per video-second and share of the pass, on both corpora; and the near-duplicate
+  search over the job's clips table.
 The decode-only, analysis and naive passes run ``--repeats`` times, interleaved, and the
 fastest run of each counts (every run is kept in the JSON): on a shared machine one run of
 each can differ by 2x or more. Each pass is timed on the wall clock and in process CPU time:
@@ -256,6 +259,60 @@ def compare_passes(videos, config, repeats: int) -> dict:
     return out
 
 
+def signal_costs(videos, config) -> dict:
+    """CPU seconds per video-second of each signal the analysis pass computes per sample for
+    curation's filters beyond motion and subject (camera model, fingerprint, text area),
+    timed inside one analysis pass by wrapping the functions the pass calls, and their share
+    of that pass."""
+    from collections import Counter
+
+    import curation.analysis as analysis
+
+    spent: Counter = Counter()
+
+    def timed(name: str, fn):
+        def call(*args, **kwargs):
+            started = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.process_time() - started
+        return call
+
+    scoring = config.curation.scoring
+    detector = analysis.text_detector(scoring.text_weights, scoring.text_width)
+    originals = {name: getattr(analysis, name) for name in ("fit_global_motion", "frame_fingerprint", "text_detector")}
+    analysis.fit_global_motion = timed("camera", originals["fit_global_motion"])
+    analysis.frame_fingerprint = timed("fingerprint", originals["frame_fingerprint"])
+    analysis.text_detector = lambda weights, width: timed("text_area", detector)
+    try:
+        started = time.process_time()
+        analysis_only(videos, config)
+        total = time.process_time() - started
+    finally:
+        for name, fn in originals.items():
+            setattr(analysis, name, fn)
+    seconds = sum(info.duration for _, info in videos)
+    out = {"analysis_cpu_s_per_video_s": total / seconds}
+    for name in ("camera", "fingerprint", "text_area"):
+        out[f"{name}_cpu_s_per_video_s"] = spent[name] / seconds
+        out[f"{name}_share_of_analysis"] = spent[name] / total
+    return out
+
+
+def near_duplicate_cost(out: Path, config) -> dict:
+    """Seconds the near-duplicate search takes over the job's clips table, per clip."""
+    import lance
+
+    from curation.near_duplicates import near_duplicates
+    from pipeline.tables import CLIPS
+
+    clips = lance.dataset(str(out / CLIPS)).count_rows()
+    started = time.perf_counter()
+    copies = near_duplicates(out / CLIPS, config.curation.near_duplicates)
+    return {"clips": clips, "seconds": time.perf_counter() - started, "copies": len(copies)}
+
+
 def worker_rss(path: Path) -> float:
     """Peak RSS (MB) of a fresh process running one file's whole task.
 
@@ -302,6 +359,8 @@ def main() -> None:
         write_photo_pans(work / "pans", args.pans)
         corpora["photo_pans_448x256"] = compare_passes(_usable(_videos(work / "pans"), config), config, args.repeats)
     results: dict = {"corpora": corpora, "video_seconds": seconds, "videos": len(videos)}
+    results["signals"] = {name: signal_costs(_usable(_videos(path), config), config)
+                          for name, path in (("720p", folder), ("pans", work / "pans")) if path.exists()}
     results["per_file_s"] = per_file(videos, config)
     results["motion_s_per_video_s"] = motion_methods(videos, config)
     cores = os.cpu_count() or 1  # the job's embedded Ray cluster uses every core
@@ -311,6 +370,7 @@ def main() -> None:
     main_corpus = next(iter(corpora.values()))
     results["naive_vs_per_file"] = main_corpus["naive_s"] / results["per_file_s"]
     results["motion_agreement"] = score_agreement(work / "out")
+    results["near_duplicates"] = near_duplicate_cost(work / "out", config)
 
     short = write_long_video(work / "short.mp4", args.short_seconds)
     long = write_long_video(work / "long.mp4", args.long_seconds)
@@ -332,6 +392,9 @@ def main() -> None:
         f"s/video-s {results['motion_s_per_video_s']} agreement {results['motion_agreement']} | worker RSS "
         f"{results['worker_rss_mb']}"
     )
+    for name, costs in results["signals"].items():
+        print(f"signals on {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in costs.items()))
+    print(f"near-duplicate search: {results['near_duplicates']}")
     print(f"wrote {RESULTS}")
 
 
