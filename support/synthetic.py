@@ -218,12 +218,14 @@ _RENDERERS: dict[str, Callable[[ShotSpec, int, int], Renderer]] = {
 def _encoder_options(codec: str, crf: int) -> dict[str, str]:
     """crf and preset for the x264/x265 encoders; other encoders keep their defaults.
 
-    x264 gets one lookahead thread: with threaded lookahead its output depended on thread
-    timing (measured: a few ms of jitter between frames changed the bytes), and a fixed
-    seed must give the same file every time, whatever the machine's core count.
+    x264's lookahead runs in step with the encoder (``sync-lookahead=0``) on one thread: with
+    threaded lookahead its output depended on thread timing (measured: a few ms of jitter
+    between frames changed the bytes; one lookahead thread alone still let two writes of the
+    same corpus differ, twice, inside the full test suite), and a fixed seed must give the
+    same file every time, whatever the machine's core count and load.
     """
     if codec in ("h264", "libx264"):
-        return {"crf": str(crf), "preset": "veryfast", "x264-params": "lookahead-threads=1"}
+        return {"crf": str(crf), "preset": "veryfast", "x264-params": "lookahead-threads=1:sync-lookahead=0"}
     if codec in ("hevc", "libx265"):
         return {"crf": str(crf), "preset": "veryfast"}
     return {}
