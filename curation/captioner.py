@@ -192,6 +192,11 @@ def needs_caption(caption: Optional[str]) -> bool:
     return caption is None or not caption.strip()
 
 
+def input_caption_source(caption: Optional[str]) -> str:
+    """``caption_source`` of a row as its input gave it, before any model."""
+    return SOURCE_NONE if needs_caption(caption) else SOURCE_INPUT
+
+
 def fill_captions(
     batch: pa.Table,
     captioner: Callable[[list[np.ndarray]], list[str]],
@@ -227,7 +232,7 @@ def fill_captions(
         if caption:
             captions[i], sources[i] = caption, source
         else:
-            sources[i] = SOURCE_NONE if needs_caption(captions[i]) else SOURCE_INPUT
+            sources[i] = input_caption_source(captions[i])
     batch = _set(batch, "caption", pa.array(captions, batch.schema.field("caption").type))
     batch = _set(batch, "caption_source", pa.array(sources, pa.string()))
     if "caption_s" in batch.schema.names:

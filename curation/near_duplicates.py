@@ -47,13 +47,18 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
     return _keepers(ds, _groups(pairs))
 
 
+def has_index(ds: lance.LanceDataset) -> bool:
+    """Whether the table has a vector index on its fingerprints."""
+    return any(index["fields"] == [COLUMN] for index in ds.list_indices())
+
+
 def _index(ds: lance.LanceDataset, cfg: NearDuplicatesConfig) -> bool:
     """Build the IVF index on a table large enough for one, or add the new fragments to
     the index it has; True when searches should go through it."""
     rows = ds.count_rows()
     if rows < cfg.index_min_rows:
         return False
-    if any(index["fields"] == [COLUMN] for index in ds.list_indices()):
+    if has_index(ds):
         ds.optimize.optimize_indices()
     else:
         # IVF_FLAT: exact distances within the probed partitions (PQ's approximation would

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from curation.near_duplicates import COLUMN
+from curation.near_duplicates import COLUMN, has_index
 from curation.scorers.fingerprint import clip_fingerprint, frame_fingerprint
 from pipeline.tables import CLIPS, open_curated
 
@@ -64,7 +64,7 @@ def search(folder: str | Path, *, image: Optional[str] = None, clip_id: Optional
         query = np.asarray(found.column(COLUMN).to_pylist()[0], np.float32)
     else:
         query = query_from_image(image)
-    indexed = any(index["fields"] == [COLUMN] for index in ds.list_indices())
+    indexed = has_index(ds)
     found = ds.to_table(columns=[c for c in SHOWN if c in ds.schema.names] + [COLUMN], filter=f"{COLUMN} IS NOT NULL",
                         prefilter=True, disable_scoring_autoprojection=True,
                         nearest={"column": COLUMN, "q": query, "k": top + (clip_id is not None), "use_index": indexed})

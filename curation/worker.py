@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from curation.analysis import analysis_size, iter_segments
 from curation.buckets import aspect_bucket, frame_fps_pairs
+from curation.captioner import input_caption_source
 from curation.keyframes import encode_jpeg
 from curation.media import encode_clips, storage_size
 from curation.probe import Rejected, check_frame_size, probe_video
@@ -91,7 +92,7 @@ def process_video(item: MediaItem, config: Config) -> tuple[list[dict[str, Any]]
                 "camera_motion": draft.camera_motion,
                 "camera_confidence": draft.camera_confidence,
                 "text_area": draft.text_area,
-                "caption_source": "input" if caption else "none",
+                "caption_source": input_caption_source(caption),
                 "fingerprint": draft.fingerprint.tolist(),
                 **_crops(info.width, info.height, config.stages),
                 "frame_fps": frame_fps_pairs(num_frames, info.fps, config.train.frame_counts, config.train.fps_values),
@@ -130,7 +131,7 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
             "image_id": hashlib.sha256(data).hexdigest()[:16],
             "source": item.uri,
             "caption": caption,
-            "caption_source": "input" if caption else "none",
+            "caption_source": input_caption_source(caption),
             "width": width,
             "height": height,
             "subject": subject_share(small),
