@@ -3,7 +3,11 @@ index of their fingerprints (``curation.scorers.fingerprint``), never by compari
 
 Each clip asks the table for its ``neighbours`` nearest fingerprints in batches (Lance's
 batch nearest-neighbour query); a pair whose keyframes agree on average by at least
-``min_similarity`` (cosine) is a copy. Copies are joined into groups (a chain of copies is
+``min_similarity`` (cosine) is a copy, unless both clips have a CLIP embedding
+(``clip_embedding``, curated with CLIP weights) and those agree by less than
+``min_clip_similarity``: the fingerprint sees only the layout of light and dark, CLIP what
+the frames show, so the pair must match on both. A clip without an embedding is judged on
+its fingerprint alone. Copies are joined into groups (a chain of copies is
 one group), and each group keeps its best clip: the highest aesthetic score, then the most
 pixels, then the most frames, then the smallest id (so reruns agree). The others are marked
 ``near_duplicate_of`` the kept one, which finalize turns into their drop reason.
@@ -11,7 +15,9 @@ pixels, then the most frames, then the smallest id (so reruns agree). The others
 With Ray running, the batches of each fragment are searched in a Ray task of their own, so
 the driver receives only the pairs found, never the vectors. A table of at least
 ``index_min_rows`` clips is searched through an IVF index (built once, then extended with
-each run's new fragments); smaller ones by an exact flat scan.
+each run's new fragments); smaller ones by an exact flat scan. The embeddings only confirm
+pairs the fingerprints found: they ride along with the query and neighbour rows and are
+never indexed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger("curation")
 
 QUERY_BATCH = 1024  # fingerprints asked for in one Lance call
 COLUMN = "fingerprint"
+EMBEDDING = "clip_embedding"  # pipeline.tables.CLIP_EMBEDDING
 Pair = tuple[str, str]
 
 
@@ -47,9 +54,9 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
     return _keepers(ds, _groups(pairs))
 
 
-def has_index(ds: lance.LanceDataset) -> bool:
-    """Whether the table has a vector index on its fingerprints."""
-    return any(index["fields"] == [COLUMN] for index in ds.list_indices())
+def has_index(ds: lance.LanceDataset, column: str = COLUMN) -> bool:
+    """Whether the table has a vector index on ``column`` (its fingerprints unless named)."""
+    return any(index["fields"] == [column] for index in ds.list_indices())
 
 
 def _index(ds: lance.LanceDataset, cfg: NearDuplicatesConfig) -> bool:
@@ -82,36 +89,67 @@ def _pairs_of_fragments(uri: str, version: int, fragments: list[int], cfg: NearD
                         indexed: bool) -> set[Pair]:
     """Copy pairs (smaller id first) between the clips of ``fragments`` and the whole table."""
     ds = lance.dataset(uri, version=version)
+    columns = ["clip_id", COLUMN] + ([EMBEDDING] if EMBEDDING in ds.schema.names else [])
     pairs: set[Pair] = set()
-    scan = ds.scanner(columns=["clip_id", COLUMN], fragments=[ds.get_fragment(f) for f in fragments],
-                      batch_size=QUERY_BATCH)
+    scan = ds.scanner(columns=columns, fragments=[ds.get_fragment(f) for f in fragments], batch_size=QUERY_BATCH)
     for batch in scan.to_batches():
-        vectors = batch.column(COLUMN)
-        usable = pc.invert(pc.is_null(vectors))
-        batch = batch.filter(usable)
-        if batch.num_rows == 0:
-            continue
-        queries = _matrix(batch.column(COLUMN))
-        moving = np.linalg.norm(queries, axis=1) > 0.5  # at least one keyframe has a layout
-        if not moving.any():
-            continue
-        ids = np.asarray(batch.column("clip_id").to_pylist(), object)[moving]
-        queries = queries[moving]
-        found = ds.to_table(columns=["clip_id", COLUMN], filter=f"{COLUMN} IS NOT NULL", prefilter=True,
-                            disable_scoring_autoprojection=True, nearest={
-                                "column": COLUMN, "q": queries, "k": cfg.neighbours + 1, "use_index": indexed,
-                                "minimum_nprobes": 20})
-        neighbour_vectors = _matrix(found.column(COLUMN))
-        query_of = found.column("query_index").to_numpy()
-        similarity = np.einsum("ij,ij->i", neighbour_vectors, queries[query_of])
-        for q, other, sim in zip(query_of, found.column("clip_id").to_pylist(), similarity):
-            if other != ids[q] and sim >= cfg.min_similarity:
-                pairs.add((min(ids[q], other), max(ids[q], other)))
+        batch = _with_layout(batch)
+        if batch.num_rows:
+            pairs |= _copies_of(ds, batch, columns, cfg, indexed)
     return pairs
 
 
+def _with_layout(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch's clips whose fingerprint has a layout (at least one keyframe not flat): an
+    all-flat clip's fingerprint is the zero vector, which agrees with nothing, so no query
+    is spent on it."""
+    batch = batch.filter(pc.is_valid(batch.column(COLUMN)))
+    if batch.num_rows == 0:
+        return batch
+    return batch.filter(pa.array(np.linalg.norm(_matrix(batch.column(COLUMN)), axis=1) > 0.5))
+
+
+def _copies_of(ds: lance.LanceDataset, batch: pa.RecordBatch, columns: list[str], cfg: NearDuplicatesConfig,
+               indexed: bool) -> set[Pair]:
+    """The copy pairs of the batch's clips: their nearest fingerprints in the table that agree
+    by ``min_similarity``, and by ``min_clip_similarity`` on CLIP where both clips have one."""
+    queries = _matrix(batch.column(COLUMN))
+    ids = batch.column("clip_id").to_pylist()
+    found = ds.to_table(columns=columns, filter=f"{COLUMN} IS NOT NULL", prefilter=True,
+                        disable_scoring_autoprojection=True, nearest={
+                            "column": COLUMN, "q": queries, "k": cfg.neighbours + 1, "use_index": indexed,
+                            "minimum_nprobes": 20})
+    query_of = found.column("query_index").to_numpy()
+    similarity = np.einsum("ij,ij->i", _matrix(found.column(COLUMN)), queries[query_of])
+    copies = (similarity >= cfg.min_similarity) & _clip_agrees(batch, found, query_of, cfg.min_clip_similarity)
+    others = found.column("clip_id").to_pylist()
+    return {(min(ids[q], other), max(ids[q], other))
+            for q, other, copy in zip(query_of, others, copies) if copy and other != ids[q]}
+
+
+def _clip_agrees(batch: pa.RecordBatch, found: pa.Table, query_of: np.ndarray, minimum: float) -> np.ndarray:
+    """Per neighbour found: False only where both it and its query clip have a CLIP
+    embedding and the two agree by less than ``minimum`` (cosine)."""
+    if EMBEDDING not in batch.schema.names:
+        return np.ones(len(query_of), bool)
+    queries, query_has = _embeddings(batch.column(EMBEDDING))
+    neighbours, neighbour_has = _embeddings(found.column(EMBEDDING))
+    cosine = np.einsum("ij,ij->i", neighbours, queries[query_of])
+    return ~(query_has[query_of] & neighbour_has) | (cosine >= minimum)
+
+
+def _embeddings(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A column of CLIP embeddings as a float32 matrix (zero rows for the nulls) and which
+    rows have one."""
+    has = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    matrix = np.zeros((len(column), column.type.list_size), np.float32)
+    if has.any():
+        matrix[has] = _matrix(column.filter(pa.array(has)))
+    return matrix, has
+
+
 def _matrix(vectors: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A column of fingerprints (no nulls) as a float32 matrix, one row each."""
+    """A column of fixed-size vectors (no nulls) as a float32 matrix, one row each."""
     return pc.list_flatten(vectors).to_numpy().astype(np.float32).reshape(len(vectors), -1)
 
 

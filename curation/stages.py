@@ -33,7 +33,9 @@ from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
 from curation.sources import MediaItem
 from pipeline.config.schema import CaptioningConfig, Config, CurationConfig, ScoringConfig
-from pipeline.tables import CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions
+from pipeline.tables import (
+    CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
+)
 
 # Table name -> the schema its fragments are written with (decisions come at finalize).
 TABLE_SCHEMAS = {
@@ -184,19 +186,36 @@ class GpuModelStage:
 
 
 def score(scorer: Any, batch: pa.Table) -> pa.Table:
-    """The batch with each media row's aesthetic score and the time scoring took (on the
-    first row); rejects pass through unscored."""
+    """The batch with each media row's aesthetic score, its CLIP embedding when the scorer
+    has one (the LAION scorer; the weight-free one leaves it null), and the time scoring
+    took (on the first row); rejects pass through unscored."""
     started = time.monotonic()
-    scores = []
+    scores: list[Optional[float]] = []
+    embeddings: list[Optional[np.ndarray]] = []
     for frames in batch.column("keyframes").to_pylist():
-        if not frames:
-            scores.append(None)
-            continue
-        images = np.stack([decode_jpeg(f) for f in frames])
-        scores.append(float(np.mean(scorer(images))))
-    batch = batch.set_column(batch.schema.get_field_index("aesthetic"), "aesthetic", pa.array(scores, pa.float32()))
+        row_score, embedding = _score_row(scorer, frames) if frames else (None, None)
+        scores.append(row_score)
+        embeddings.append(embedding)
+    batch = _set(batch, "aesthetic", pa.array(scores, pa.float32()))
+    batch = _set(batch, "clip_embedding", pa.array(embeddings, CLIP_EMBEDDING))
     spent = [time.monotonic() - started] + [0.0] * (batch.num_rows - 1) if batch.num_rows else []
-    return batch.set_column(batch.schema.get_field_index("aesthetic_s"), "aesthetic_s", pa.array(spent, pa.float64()))
+    return _set(batch, "aesthetic_s", pa.array(spent, pa.float64()))
+
+
+def _score_row(scorer: Any, keyframes: list[bytes]) -> tuple[float, Optional[np.ndarray]]:
+    """A row's aesthetic (the mean over its keyframes) and, from a scorer that embeds, its
+    CLIP embedding: the keyframes' mean direction, so that a clip is one vector to compare
+    (CLIP's image embeddings share a narrow cone, so the mean never vanishes)."""
+    frames = np.stack([decode_jpeg(f) for f in keyframes])
+    if not hasattr(scorer, "scores_and_embeddings"):
+        return float(np.mean(scorer(frames))), None
+    frame_scores, frame_embeddings = scorer.scores_and_embeddings(frames)
+    mean = frame_embeddings.mean(axis=0)
+    return float(np.mean(frame_scores)), mean / np.linalg.norm(mean)
+
+
+def _set(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return batch.set_column(batch.schema.get_field_index(name), name, values)
 
 
 def write_fragments(batch: pa.Table, out: str) -> pa.Table:

@@ -26,6 +26,11 @@ FRAME_FPS = pa.struct([("frames", pa.int32()), ("fps", pa.int32())])
 CROP = pa.list_(pa.int32())
 # curation.scorers.fingerprint.clip_fingerprint: 63 numbers for each of a clip's 3 keyframes.
 FINGERPRINT = pa.list_(pa.float32(), 3 * 63)
+# curation.stages.score: the mean of the keyframes' CLIP ViT-L/14 image embeddings, scaled to
+# unit length; null for rows scored without CLIP weights. 768 is
+# pipeline.models.aesthetic_head.LAION_EMBED_DIM, written out so that readers of these
+# schemas do not import torch.
+CLIP_EMBEDDING = pa.list_(pa.float32(), 768)
 
 # Columns every scored row has; curation's finalize step (re)computes them on every run:
 # keep / drop_reason / weight from the scores and the configured thresholds (so thresholds
@@ -66,6 +71,7 @@ CLIPS_SCHEMA = pa.schema(
         pa.field("text_area", pa.float32()),  # 0..1 share of the frame covered by text (mean at 1 fps)
         pa.field("caption_source", pa.string()),  # input | model:<name> | none
         pa.field("fingerprint", FINGERPRINT),  # keyframes' layout, for near-duplicates
+        pa.field("clip_embedding", CLIP_EMBEDDING),  # keyframes' content, for near-duplicates and search
         pa.field("bucket", pa.string()),  # aspect-ratio bucket, e.g. "16:9"
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),
@@ -89,6 +95,7 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("aesthetic", pa.float32()),
         pa.field("subject", pa.float32()),
         pa.field("caption_source", pa.string()),  # input | model:<name> | none
+        pa.field("clip_embedding", CLIP_EMBEDDING),
         pa.field("bucket", pa.string()),
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),

@@ -1,7 +1,9 @@
 """The LAION aesthetic predictor: CLIP ViT-L/14 image embeddings and the LAION head
-(``pipeline.models.aesthetic_head``), from local weight files. A module of its own so that
-the weight-free path (``aesthetic.py``) never imports torch and open_clip: a curation
-worker without these weights starts in about a second instead of ten."""
+(``pipeline.models.aesthetic_head``), from local weight files. The embeddings also leave
+with the scores (``scores_and_embeddings``): curation stores them for near-duplicates and
+search. A module of its own so that the weight-free path (``aesthetic.py``) never imports
+torch and open_clip: a curation worker without these weights starts in about a second
+instead of ten."""
 
 from __future__ import annotations
 
@@ -56,13 +58,22 @@ class ClipAestheticScorer:
         self.device = device
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 RGB -> ``(N,)`` float32 scores, in batches of ``batch_size``."""
-        scores = [self._score_batch(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
-        return np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)
+        return self.scores_and_embeddings(frames)[0]
 
-    def _score_batch(self, frames: np.ndarray) -> np.ndarray:
+    @torch.no_grad()
+    def scores_and_embeddings(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, H, W, 3)`` uint8 RGB -> ``(N,)`` float32 scores and the ``(N, 768)`` unit-length
+        CLIP embeddings they were read from: one forward pass gives the aesthetic score and
+        the descriptor that near-duplicates and search compare."""
+        batches = [self._batch(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)]
+        if not batches:
+            return np.zeros(0, np.float32), np.zeros((0, LAION_EMBED_DIM), np.float32)
+        scores, embeddings = zip(*batches)
+        return np.concatenate(scores).astype(np.float32), np.concatenate(embeddings).astype(np.float32)
+
+    def _batch(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255
         h, w = x.shape[-2:]
         side = min(h, w)
@@ -71,4 +82,4 @@ class ClipAestheticScorer:
         # Bicubic with antialiasing, as CLIP's own PIL preprocessing does when shrinking.
         x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         embedding = F.normalize(self.visual((x - self.mean) / self.std), dim=-1)
-        return self.head(embedding).float().cpu().numpy()
+        return self.head(embedding).float().cpu().numpy(), embedding.float().cpu().numpy()

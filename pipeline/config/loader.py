@@ -306,8 +306,9 @@ def _validate_signals(cfg: CurationConfig) -> None:
     if captioning.gpus < 0:
         raise ConfigError(f"curation.captioning.gpus: must be >= 0, got {captioning.gpus}")
     near = cfg.near_duplicates
-    if not 0 < near.min_similarity <= 1:
-        raise ConfigError(f"curation.near_duplicates.min_similarity: a cosine in (0, 1], got {near.min_similarity}")
+    for key in ("min_similarity", "min_clip_similarity"):
+        if not 0 < getattr(near, key) <= 1:
+            raise ConfigError(f"curation.near_duplicates.{key}: a cosine in (0, 1], got {getattr(near, key)}")
     for key in ("neighbours", "index_min_rows"):
         if getattr(near, key) < 1:
             raise ConfigError(f"curation.near_duplicates.{key}: must be at least 1, got {getattr(near, key)}")

@@ -352,7 +352,8 @@ class CameraConfig:
 @dataclass
 class NearDuplicatesConfig:
     """Clips that show the same footage (re-encoded, rescaled, slightly cropped, brightened or
-    re-timed copies) found through a Lance vector index of their fingerprints."""
+    re-timed copies) found through a Lance vector index of their fingerprints, and confirmed
+    by their CLIP embeddings where both clips have one."""
 
     enabled: bool = True
     # Mean cosine similarity of the keyframes' fingerprints at which two clips are copies.
@@ -360,6 +361,15 @@ class NearDuplicatesConfig:
     # a 4% crop 0.91-0.98, 6% 0.80-0.95, 10% 0.60-0.87; another picture at most 0.29, and
     # another shot of the same photograph (its left half) 0.41.
     min_similarity: float = 0.9
+    # Cosine similarity of two clips' CLIP embeddings (clips table ``clip_embedding``, written
+    # when curation.scoring has the CLIP weights) below which a fingerprint match is not a
+    # copy. The fingerprint sees only the layout of light and dark, so two different shots
+    # with the same composition (a horizon at the same height) can match; CLIP sees what is
+    # in the frame. 0.9 because a re-encoded, rescaled or slightly cropped copy shows the same
+    # content and should keep its embedding nearly unchanged, while different content that
+    # merely shares a layout should fall below it: an estimate, not measured on real ViT-L/14
+    # weights here. Where either clip has no embedding the fingerprint decides alone.
+    min_clip_similarity: float = 0.9
     # Nearest clips each clip is compared with.
     neighbours: int = 8
     # Tables with at least this many clips get an IVF vector index; smaller ones are
