@@ -321,7 +321,7 @@ def worker_rss(path: Path) -> float:
     """
     code = (
         "import sys; from pipeline.config import load_config; from curation.sources import MediaItem;"
-        "from curation.worker import process_item; from curation.allocator import keep_freed_memory;"
+        "from curation.worker import process_item; from pipeline.allocator import keep_freed_memory;"
         "keep_freed_memory();"  # as the sandbox's child does
         "rows, _ = process_item(MediaItem(sys.argv[1], 'video'), load_config('paper'));"
         "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:'));"
@@ -343,11 +343,11 @@ def main() -> None:
 
     import cv2
 
-    from curation.allocator import keep_freed_memory
+    from pipeline.allocator import keep_freed_memory
     from support.synthetic import write_long_video, write_sample_corpus
 
     cv2.setNumThreads(1)  # as in the curation workers: the pool, one per core, is the parallelism
-    keep_freed_memory()  # and their malloc settings (curation.allocator)
+    keep_freed_memory()  # and their malloc settings (pipeline.allocator)
     from pipeline.config import load_config
 
     config = load_config("tiny")

@@ -117,7 +117,7 @@ def work_alone(paths: list[Path], kind: str) -> float:
     import cv2
     import numpy as np
 
-    from curation.allocator import keep_freed_memory
+    from pipeline.allocator import keep_freed_memory
     from curation.keyframes import decode_jpeg
     from curation.probe import Rejected
     from curation.scorers.aesthetic import build_aesthetic_scorer
@@ -126,7 +126,7 @@ def work_alone(paths: list[Path], kind: str) -> float:
     from pipeline.config import load_config
 
     cv2.setNumThreads(1)
-    keep_freed_memory()  # the workers' malloc settings (curation.allocator)
+    keep_freed_memory()  # the workers' malloc settings (pipeline.allocator)
     config = load_config("paper")
     scorer = build_aesthetic_scorer(None, None)
     started = time.process_time()

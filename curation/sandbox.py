@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import av
 import cv2
 
-from curation.allocator import keep_freed_memory
+from pipeline.allocator import keep_freed_memory
 from curation.probe import Rejected
 from curation.sources import MediaItem
 from curation.worker import process_item
@@ -91,7 +91,7 @@ def _serve(conn: Connection, work: Work, config: Config) -> None:
     ends (the parent times each from the previous one's answer), until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the child stops
     cv2.setNumThreads(1)  # the pool's workers, one per core, are the parallelism (see stages)
-    keep_freed_memory()  # each input's buffers reuse the last one's pages (curation.allocator)
+    keep_freed_memory()  # each input's buffers reuse the last one's pages (pipeline.allocator)
     conn.send(READY)  # imports done: the first file's clock starts now, not at the spawn
     while True:
         try:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.allocator import keep_freed_memory
+from pipeline.allocator import keep_freed_memory
 from curation.keyframes import decode_jpeg
 from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
@@ -90,7 +90,7 @@ class FileStage:
         # One worker per core is the parallelism: OpenCV's thread pool on top of it made every
         # process wait on the others' threads (an image alone used 1.3 cores).
         cv2.setNumThreads(1)
-        keep_freed_memory()  # the inputs' bytes arrive here too, a buffer each (curation.allocator)
+        keep_freed_memory()  # the inputs' bytes arrive here too, a buffer each (pipeline.allocator)
         self.sandbox = Sandbox(config)
         self.sandbox.start()  # its imports overlap the models' loading and Ray's start-up
         self.plan, self.out = plan, out

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.allocator import filled_allocations
+
 ShotKind = Literal["static", "pan", "moving_shape", "texture"]
 KINDS: tuple[ShotKind, ...] = ("static", "pan", "moving_shape", "texture")
 PAN_SPEED = 0.02  # of the frame width per frame: a strong flow that still stays trackable
@@ -216,17 +218,8 @@ _RENDERERS: dict[str, Callable[[ShotSpec, int, int], Renderer]] = {
 
 
 def _encoder_options(codec: str, crf: int) -> dict[str, str]:
-    """crf and preset for the x264/x265 encoders; other encoders keep their defaults.
-
-    x264's lookahead runs in step with the encoder (``sync-lookahead=0``) on one thread: with
-    threaded lookahead its output depended on thread timing (measured: a few ms of jitter
-    between frames changed the bytes; one lookahead thread alone still let two writes of the
-    same corpus differ, twice, inside the full test suite), and a fixed seed must give the
-    same file every time, whatever the machine's core count and load.
-    """
-    if codec in ("h264", "libx264"):
-        return {"crf": str(crf), "preset": "veryfast", "x264-params": "lookahead-threads=1:sync-lookahead=0"}
-    if codec in ("hevc", "libx265"):
+    """crf and preset for the x264/x265 encoders; other encoders keep their defaults."""
+    if codec in ("h264", "libx264", "hevc", "libx265"):
         return {"crf": str(crf), "preset": "veryfast"}
     return {}
 
@@ -242,7 +235,9 @@ def encode_frames(path: Path, frames: Iterable[np.ndarray], fps: int, size: tupl
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs an even width and height, got {width}x{height}")
     count = 0
-    with av.open(str(path), "w") as container:
+    # x264 reads memory it has not written: the allocations are filled while it runs, so a
+    # fixed seed gives the same file (pipeline.allocator).
+    with filled_allocations(), av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = _encoder_options(codec, crf)

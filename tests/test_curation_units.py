@@ -457,7 +457,7 @@ def test_sandbox_sorts_failures_into_transient_and_terminal(tmp_path) -> None:
 def test_the_workers_malloc_keeps_freed_image_buffers(tmp_path) -> None:
     """``keep_freed_memory`` in a fresh process: decoding the same 640x480 JPEG again and
     again then faults in almost no new pages, where glibc's defaults fault in each decode's
-    buffers afresh (the kernel time ``curation.allocator`` removes)."""
+    buffers afresh (the kernel time ``pipeline.allocator`` removes)."""
     import subprocess
     import sys
 
@@ -465,7 +465,7 @@ def test_the_workers_malloc_keeps_freed_image_buffers(tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)).save(picture)
     code = (
         "import resource, sys; import numpy as np; from PIL import Image;"
-        "from curation.allocator import keep_freed_memory;"
+        "from pipeline.allocator import keep_freed_memory;"
         "kept = keep_freed_memory() if sys.argv[2] == 'kept' else None;"
         "decode = lambda: np.asarray(Image.open(sys.argv[1]).convert('RGB')).copy();"
         "decode(); before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt;"
