@@ -53,6 +53,7 @@ def test_overrides_and_files_apply_in_order(tmp_path) -> None:
         ("unet=3", "unet", "mapping"),
         ("stages.base.condition_dropout=1.5", "stages.base.condition_dropout", "[0, 1]"),
         ("curation.val_fraction=1.0", "curation.val_fraction", "[0, 1)"),
+        ("curation.shots.detect_fps=-1", "curation.shots.detect_fps", ">= 0"),
         ("curation.near_duplicates.min_similarity=0", "curation.near_duplicates.min_similarity", "(0, 1]"),
         ("curation.near_duplicates.min_clip_similarity=1.5", "curation.near_duplicates.min_clip_similarity", "(0, 1]"),
         ("serving.job_attempts=0", "serving.job_attempts", "at least 1"),

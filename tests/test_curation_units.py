@@ -271,6 +271,28 @@ def test_segments_start_at_the_hard_cuts(multishot, detector: str) -> None:
     assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
 
 
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_detection_at_half_the_frame_rate_puts_no_frame_of_a_shot_in_another_shots_clip(tmp_path, detector) -> None:
+    """Shot detection reads every second frame of 24 fps video (``curation.shots.detect_fps``
+    12): cuts at odd and even frames are found up to a frame late, and the frames trimmed at
+    each cut keep every clip inside one shot, as reading every frame does."""
+    shots = [ShotSpec("texture", 31, seed=31), ShotSpec("static", 36, seed=32), ShotSpec("moving_shape", 33, seed=33),
+             ShotSpec("pan", 40, seed=34)]
+    video = write_video(tmp_path / "odd_cuts.mp4", shots, fps=24)
+    assert {c % 2 for c in video.cuts} == {0, 1}
+    for detect_fps in (12.0, 0.0):
+        config = load_config("tiny", overrides=[f"curation.shots.detector={detector}",
+                                                f"curation.shots.detect_fps={detect_fps}"])
+        info = probe_video(str(video.path), config.curation.probe)
+        segments = list(iter_segments(str(video.path), info, config.curation))
+        found = [s.start for s in segments if s.starts_at_cut]
+        assert all(any(0 <= f - cut <= 1 for f in found) for cut in video.cuts), (detect_fps, video.cuts, found)
+        clips = [c for c in (clip_from_segment(s, info.fps, config.curation.split, config.curation.camera)
+                             for s in segments) if c is not None]
+        assert len(clips) == len(shots), (detect_fps, [(c.start, c.end) for c in clips])
+        assert all(any(start <= c.start and c.end <= end for _, start, end in video.shots) for c in clips)
+
+
 def test_dissolves_are_split_out_and_their_frames_dropped(multishot) -> None:
     config = load_config("tiny")
     info = probe_video(str(multishot.path), config.curation.probe)

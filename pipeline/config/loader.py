@@ -296,6 +296,8 @@ def _validate_signals(cfg: CurationConfig) -> None:
     for key in ("static_speed", "shaky_speed"):
         if not getattr(cfg.camera, key) > 0:
             raise ConfigError(f"curation.camera.{key}: must be positive, got {getattr(cfg.camera, key)}")
+    if cfg.shots.detect_fps < 0:
+        raise ConfigError(f"curation.shots.detect_fps: must be >= 0 (0: every frame), got {cfg.shots.detect_fps}")
     if cfg.scoring.text_fps < 0 or cfg.scoring.text_width < 16:
         raise ConfigError(f"curation.scoring.text_fps / text_width: need text_fps >= 0 (0: off) and text_width >= 16, "
                           f"got {cfg.scoring.text_fps} and {cfg.scoring.text_width}")

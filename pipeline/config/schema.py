@@ -283,8 +283,14 @@ class ShotsConfig:
     adaptive_threshold: float = 3.0
     min_content_val: float = 15.0
     # Width of the analysis frames that motion and subject scoring read; shot and dissolve
-    # detection read every frame at half this width.
+    # detection read frames at half this width.
     analysis_width: int = 256
+    # Frames per second the shot detector reads: every n-th frame, n = floor(fps /
+    # detect_fps), at most curation.split.trim_frames (0: every frame). A cut is then found
+    # up to n - 1 frames late, inside the frames trimmed at every cut, so no clip gains a
+    # frame of the next shot (curation/analysis.py:detection_stride). The dissolve detector
+    # reads every frame.
+    detect_fps: float = 12.0
 
 
 @dataclass
