@@ -21,7 +21,9 @@ and the per-frame work of the detectors and scorers weighs most:
 - peak RSS of a worker process on a short and on a long 720p video (memory must stay flat);
 - the per-sample signals of the analysis pass (camera model, fingerprint, text area): CPU
   seconds per video-second and share of the pass, on both corpora; and the near-duplicate
-  search over the job's clips table.
+  search over the job's clips table;
+- the near-duplicate finder on ``--near-duplicate-rows`` planted fingerprints, by a flat scan
+  and through the IVF index (``near_duplicate_scale``).
 The decode-only, analysis and naive passes run ``--repeats`` times, interleaved, and the
 fastest run of each counts (every run is kept in the JSON): on a shared machine one run of
 each can differ by 2x or more. Each pass is timed on the wall clock and in process CPU time:
@@ -313,6 +315,50 @@ def near_duplicate_cost(out: Path, config) -> dict:
     return {"clips": clips, "seconds": time.perf_counter() - started, "copies": len(copies)}
 
 
+def near_duplicate_scale(folder: Path, rows: int, copies: int = 100) -> dict:
+    """The near-duplicate finder on a clips table of ``rows`` fingerprints: random unit
+    vectors, ``copies`` of which have a copy at cosine 0.97. Seconds through a flat scan and
+    through the IVF index (its build included), and whether each finds exactly the planted
+    copies. Random vectors spread evenly, which suits an IVF index better than real
+    fingerprints, which crowd together; Ray is not running, so the fragments are searched
+    one after another in this process."""
+    import lance
+    import numpy as np
+    import pyarrow as pa
+
+    from curation.near_duplicates import near_duplicates
+    from pipeline.config.schema import NearDuplicatesConfig
+    from pipeline.tables import FINGERPRINT
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(rows, FINGERPRINT.list_size)).astype(np.float32)
+    twins = rng.choice(rows // 2, copies, replace=False)
+    noise = rng.normal(size=(copies, FINGERPRINT.list_size)).astype(np.float32)
+    noise -= (noise * vectors[twins]).sum(1, keepdims=True) / (vectors[twins] ** 2).sum(1, keepdims=True) * vectors[twins]
+    vectors[rows // 2 + np.arange(copies)] = (  # at cosine 0.97 with its twin
+        0.97 * vectors[twins] / np.linalg.norm(vectors[twins], axis=1, keepdims=True)
+        + np.sqrt(1 - 0.97**2) * noise / np.linalg.norm(noise, axis=1, keepdims=True))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"c{i:08d}" for i in range(rows)]
+    table = pa.table({
+        "clip_id": ids, "fingerprint": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), FINGERPRINT.list_size),
+        "aesthetic": pa.array(np.where(np.arange(rows) < rows // 2, 6.0, 5.0), pa.float32()),
+        "video_width": pa.array([320] * rows, pa.int32()), "video_height": pa.array([180] * rows, pa.int32()),
+        "num_frames": pa.array([48] * rows, pa.int32()),
+    })
+    planted = {ids[rows // 2 + i]: ids[t] for i, t in enumerate(twins)}
+    figures: dict = {"rows": rows, "planted_copies": copies}
+    for name, index_min_rows in (("flat", rows + 1), ("ivf", 1)):
+        uri = folder / f"near_duplicates_{name}.lance"
+        lance.write_dataset(table, str(uri), mode="overwrite", max_rows_per_file=rows // 8)
+        started = time.perf_counter()
+        found = near_duplicates(uri, NearDuplicatesConfig(index_min_rows=index_min_rows))
+        figures[f"{name}_s"] = time.perf_counter() - started
+        figures[f"{name}_exact"] = found == planted
+    print("near-duplicates at scale:", figures, flush=True)
+    return figures
+
+
 def worker_rss(path: Path) -> float:
     """Peak RSS (MB) of a fresh process running one file's whole task.
 
@@ -339,6 +385,8 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=300.0, help="length of the long 720p video for the RSS figure")
     parser.add_argument("--short-seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the decode-only, analysis and naive passes")
+    parser.add_argument("--near-duplicate-rows", type=int, default=20_000,
+                        help="fingerprints in the near-duplicate finder's scale test, flat against IVF (0: skip)")
     args = parser.parse_args()
 
     import cv2
@@ -374,6 +422,8 @@ def main() -> None:
     results["naive_vs_per_file"] = main_corpus["naive_s"] / results["per_file_s"]
     results["motion_agreement"] = score_agreement(work / "out")
     results["near_duplicates"] = near_duplicate_cost(work / "out", config)
+    if args.near_duplicate_rows:
+        results["near_duplicates_at_scale"] = near_duplicate_scale(work, args.near_duplicate_rows)
 
     short = write_long_video(work / "short.mp4", args.short_seconds)
     long = write_long_video(work / "long.mp4", args.long_seconds)

@@ -38,10 +38,10 @@ from typing import Any, Callable, Optional
 import av
 import cv2
 
-from pipeline.allocator import keep_freed_memory
 from curation.probe import Rejected
 from curation.sources import MediaItem
 from curation.worker import process_item
+from pipeline.allocator import keep_freed_memory
 from pipeline.config.schema import Config
 
 log = logging.getLogger("curation")

@@ -20,6 +20,7 @@ fragments from the worker and returns only their metadata, so media never reach 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Iterator, Optional
 
@@ -27,16 +28,19 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
-from pipeline.allocator import keep_freed_memory
 from curation.keyframes import decode_jpeg
 from curation.plan import read_units
 from curation.sandbox import Outcome, Sandbox
 from curation.sources import MediaItem
+from pipeline.allocator import keep_freed_memory
 from pipeline.config.schema import CaptioningConfig, Config, CurationConfig, ScoringConfig
 from pipeline.tables import (
     CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
 )
+
+log = logging.getLogger("curation")
 
 # Table name -> the schema its fragments are written with (decisions come at finalize).
 TABLE_SCHEMAS = {
@@ -179,12 +183,26 @@ class GpuModelStage:
     models load once per actor, which lives for the whole job."""
 
     def __init__(self, curation: CurationConfig, out: str) -> None:
-        self.scorer = _scorer(curation.scoring, "cuda") if curation.scoring.aesthetic_gpus else None
-        self.captioner = _captioner(curation.captioning, "cuda") if curation.captioning.gpus else None
+        device = _gpu_device()
+        self.scorer = _scorer(curation.scoring, device) if curation.scoring.aesthetic_gpus else None
+        self.captioner = _captioner(curation.captioning, device) if curation.captioning.gpus else None
         self.out = out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return write_fragments(_with_models(batch, self.captioner, self.scorer), self.out)
+
+
+def _gpu_device() -> str:
+    """The GPU pool's device: CUDA, or the CPU, with a warning, where the actor sees no CUDA
+    device although Ray gave it a GPU share (a cluster that declares GPUs it lacks, as
+    ``ray start --num-gpus`` allows): the job then runs slowly instead of failing."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    log.warning("the GPU model pool sees no CUDA device (Ray assigned GPU ids %s): its models run on the CPU",
+                ray.get_gpu_ids())
+    return "cpu"
 
 
 def score(scorer: Any, batch: pa.Table) -> pa.Table:

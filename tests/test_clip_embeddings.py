@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from curation.keyframes import decode_jpeg, encode_jpeg
-from curation.near_duplicates import near_duplicates
+from curation.near_duplicates import has_index, near_duplicates
 from curation.scorers.aesthetic import QualityScorer
 from curation.scorers.laion import ClipAestheticScorer
 from curation.search import SearchError, clip_embedder, search
@@ -121,6 +121,9 @@ PAIRS = [
     ("c1", "c", 1.0, 1.0), ("c2", "c", 0.97, None),  # no embedding: the fingerprint decides
     ("d1", "d", 1.0, 1.0), ("d2", "d", 0.5, 0.99),  # CLIP alone never joins clips
 ]
+# Clips no fingerprint can match: none recorded (curated before the column), and every
+# keyframe flat (the zero vector). They are in the table, and in the index built over it.
+UNMATCHABLE = {"unmeasured": None, "flat": np.zeros(FINGERPRINT.list_size, np.float32)}
 
 
 def _pairs_table(uri: Path, seed: int = 0) -> None:
@@ -137,6 +140,8 @@ def _pairs_table(uri: Path, seed: int = 0) -> None:
             None if clip_cosine is None else _at_cosine(embeddings[pair], clip_cosine, rng))
         rows.append({"clip_id": clip_id, "fingerprint": fingerprint, "clip_embedding": embedding,
                      "aesthetic": 6.0 if first else 5.0, "video_width": 320, "video_height": 180, "num_frames": 48})
+    rows += [{"clip_id": clip_id, "fingerprint": fingerprint, "clip_embedding": None, "aesthetic": 5.0,
+              "video_width": 320, "video_height": 180, "num_frames": 48} for clip_id, fingerprint in UNMATCHABLE.items()]
     schema = pa.schema([("clip_id", pa.string()), ("fingerprint", FINGERPRINT), ("clip_embedding", CLIP_EMBEDDING),
                         ("aesthetic", pa.float32()), ("video_width", pa.int32()), ("video_height", pa.int32()),
                         ("num_frames", pa.int32())])
@@ -150,6 +155,7 @@ def test_a_fingerprint_match_is_a_copy_only_where_clip_agrees(tmp_path: Path, in
     cfg = NearDuplicatesConfig(index_min_rows=index_min_rows)
     assert cfg.min_similarity < 0.97 and 0.5 < cfg.min_clip_similarity < 0.97
     assert near_duplicates(uri, cfg) == {"b2": "b1", "c2": "c1"}
+    assert has_index(lance.dataset(str(uri))) == (index_min_rows == 4)  # built with the unmatchable rows in
 
     lance.dataset(str(uri)).drop_columns(["clip_embedding"])  # a table curated before the column
     assert near_duplicates(uri, cfg) == {"a2": "a1", "b2": "b1", "c2": "c1"}

@@ -4,8 +4,11 @@ the same scene not), the report's new sections, and ``curate search``."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lance
@@ -163,6 +166,66 @@ def test_captions_from_a_local_model_through_the_cli(corpus: Path, tmp_path: Pat
     assert run.returncode == 0, run.stderr[-2000:]
     page = (out / "report.html").read_text()
     assert "caption source: model:tiny-blip: 8" in page and "caption source: input: 4" in page
+
+
+GPU_POOL_RUN = """
+import os, sys
+import ray
+from curation.job import curate
+from pipeline.config import load_config
+from pipeline.ray_runtime import WORKER_ENV
+
+for key, value in WORKER_ENV.items():
+    os.environ.setdefault(key, value)
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # a GPU declared, not present
+curate([sys.argv[1]], sys.argv[2], load_config("tiny", overrides=sys.argv[3:]), progress=False)
+"""
+
+
+def _captions(out: Path) -> dict[str, tuple[str, str]]:
+    rows = open_curated(out / CLIPS).to_table(columns=["clip_id", "caption", "caption_source"]).to_pylist()
+    return {r["clip_id"]: (r["caption"], r["caption_source"]) for r in rows}
+
+
+@pytest.mark.slow
+def test_captions_through_the_gpu_pool_and_after_a_kill_are_the_cpu_runs(corpus: Path, tmp_path: Path) -> None:
+    """The captioner with ``captioning.gpus`` runs in the GPU model pool, fed by the file
+    workers (on a cluster that declares a GPU it lacks, on the CPU with a warning), and a
+    run killed part-way through captions only what it had not written when rerun: both give
+    the captions of an uninterrupted CPU run, row for row."""
+    from tests.test_captioner import write_tiny_blip
+
+    model = write_tiny_blip(tmp_path / "tiny-blip")
+    captioning = [f"curation.captioning.model={model}", "curation.captioning.max_new_tokens=6"]
+    reference = tmp_path / "cpu"
+    _curate(corpus, reference, *captioning)
+    expected = _captions(reference)
+    assert len(expected) >= 8 and {source for _, source in expected.values()} == {"model:tiny-blip"}
+
+    pooled = tmp_path / "gpu_pool"
+    run = subprocess.run([sys.executable, "-c", GPU_POOL_RUN, str(corpus), str(pooled), *captioning,
+                          "curation.captioning.gpus=0.5"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "GpuModelStage" in run.stderr and "sees no CUDA device" in run.stderr
+    assert _captions(pooled) == expected
+
+    resumed = tmp_path / "resumed"
+    sets = [arg for o in [*captioning, "curation.commit_every_s=0"] for arg in ("--set", o)]
+    killed = subprocess.Popen([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(resumed),
+                               "--preset", "tiny", "--quiet", *sets], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while killed.poll() is None and time.monotonic() < deadline:
+        if (resumed / CLIPS / "_versions").is_dir() and lance.dataset(str(resumed / CLIPS)).count_rows() > 0:
+            break
+        time.sleep(0.1)
+    if killed.poll() is None:
+        os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    partial = lance.dataset(str(resumed / CLIPS)).count_rows()
+    _curate(corpus, resumed, *captioning)
+    assert partial < len(expected)
+    assert _captions(resumed) == expected
 
 
 def test_burned_in_subtitles_are_measured_and_filtered_through_the_cli(tmp_path: Path) -> None:
