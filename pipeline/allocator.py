@@ -67,7 +67,8 @@ def keep_freed_memory() -> bool:
 def filled_allocations() -> Iterator[None]:
     """Fill every allocation (and every freed block) with ``FILL`` inside the block, so that
     code reading memory it has not written reads the same values on every run. It costs a
-    memset per allocation and per free, in every thread, while it lasts."""
+    memset per allocation and per free, in every thread, while it lasts. Not for nesting or
+    for threads that overlap: the first block to end turns the filling off."""
     mallopt = _mallopt()
     if mallopt is not None:
         mallopt(M_PERTURB, FILL)
