@@ -16,18 +16,20 @@ up to ``TRIM_THRESHOLD`` of freed heap kept, the same loop took 3 faults, 0.1 ms
 time and 5.7-5.8 ms of user time per image: 30% less CPU. A worker handles one input at a
 time, so the memory kept is bounded by one input's buffers plus ``TRIM_THRESHOLD``.
 
-**Allocations filled with one value** (``filled_allocations``, while synthetic videos are
+**Allocations filled with one value** (``filled_allocations``, while synthetic and served videos are
 encoded). x264, as PyAV 18.1's FFmpeg 8.1 runs it, reads memory it has not written: the same
 60 YUV frames, encoded ten times in one process, gave up to 8 different files (one encoder
 thread or several, any preset tried), and with glibc's ``MALLOC_PERTURB_`` set the output
 was the same every time but changed with the fill value. A fixed seed must give the same
-file, so the writer fills every allocation with ``FILL`` while it encodes.
+file (the synthetic-media writer), and the same seed the same served video, so both fill
+every allocation with ``FILL`` while they encode.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
@@ -63,17 +65,26 @@ def keep_freed_memory() -> bool:
     return kept
 
 
+_filling = 0  # blocks inside ``filled_allocations`` now, in any thread
+_filling_lock = threading.Lock()
+
+
 @contextmanager
 def filled_allocations() -> Iterator[None]:
     """Fill every allocation (and every freed block) with ``FILL`` inside the block, so that
     code reading memory it has not written reads the same values on every run. It costs a
-    memset per allocation and per free, in every thread, while it lasts. Not for nesting or
-    for threads that overlap: the first block to end turns the filling off."""
+    memset per allocation and per free, in every thread, while any such block lasts; blocks
+    may nest and overlap across threads (the filling stops when the last one ends)."""
+    global _filling
     mallopt = _mallopt()
-    if mallopt is not None:
-        mallopt(M_PERTURB, FILL)
+    with _filling_lock:
+        _filling += 1
+        if _filling == 1 and mallopt is not None:
+            mallopt(M_PERTURB, FILL)
     try:
         yield
     finally:
-        if mallopt is not None:
-            mallopt(M_PERTURB, 0)
+        with _filling_lock:
+            _filling -= 1
+            if _filling == 0 and mallopt is not None:
+                mallopt(M_PERTURB, 0)

@@ -10,7 +10,7 @@ stays put while the picture moves under it, as burned-in subtitles do.
 ``write_overlay_set`` writes the labelled set that tests/test_text_overlays.py and
 benchmarks/text_overlays.py share; ``sample_frames`` decodes a clip at 1 fps as curation
 samples it. Encoding goes through ``support.synthetic.encode_frames``, so these clips are encoded
-exactly as the rest of the synthetic corpus (x264 veryfast, one lookahead thread).
+exactly as the rest of the synthetic corpus (x264 veryfast, allocations filled for repeatable bytes).
 """
 
 from __future__ import annotations

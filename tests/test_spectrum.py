@@ -7,13 +7,13 @@ import json
 import math
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from inference.spectrum import compare_spectra, spatial_spectrum, temporal_spectrum
+from support.synthetic import encode_frames
 
 FRAMES = 16
 BASE_SIZE = (112, 64)  # (width, height)
@@ -23,14 +23,7 @@ REFINED_SIZE = (224, 128)
 def write_video(path: Path, frames: np.ndarray) -> Path:
     """Encode ``(T, H, W)`` gray frames in [0, 1] as an H.264 yuv420p mp4."""
     rgb = np.repeat((np.clip(frames, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[2], rgb.shape[1], "yuv420p"
-        # one lookahead thread: the same frames give the same bytes on any core count
-        stream.options = {"crf": "10", "preset": "veryfast", "x264-params": "lookahead-threads=1"}
-        for image in rgb:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode(None))
+    encode_frames(path, rgb, 8, (rgb.shape[2], rgb.shape[1]), crf=10)  # the same frames, the same bytes
     return path
 
 

@@ -379,9 +379,9 @@ class NearDuplicatesConfig:
     # Nearest clips each clip is compared with.
     neighbours: int = 8
     # Tables with at least this many clips get an IVF vector index; smaller ones are
-    # searched exactly. Lance answers a batch of queries through the index one query at a
-    # time (about 9.5 ms each here) and by a flat scan as one batch, so the scan, though it
-    # grows with the square of the table, is faster up to about 140,000 clips: measured on
+    # searched exactly. Through the index each query cost about 9.5 ms however many were
+    # batched, while a flat scan answered a batch at once, so the scan, though it grows
+    # with the square of the table, is faster up to about 140,000 clips: measured on
     # 4,000 and 20,000 planted fingerprints, 1.9 and 27 s flat against 11 and 191 s through
     # the index (benchmarks/curation.py, near_duplicates_at_scale).
     index_min_rows: int = 150_000

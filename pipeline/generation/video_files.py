@@ -10,23 +10,25 @@ import av
 import numpy as np
 from PIL import Image
 
+from pipeline.allocator import filled_allocations
 from pipeline.generation.cascade import Video
 
 
 def mp4_bytes(frames: Video, fps: int, crf: int = 18) -> bytes:
     """H.264 (yuv420p, so players everywhere take it) of uint8 ``(F, H, W, 3)`` frames.
 
-    One lookahead thread keeps x264's output a function of its input alone, so the same
-    seed gives the same file, not just the same frames.
+    x264 reads memory it has not written, so allocations are filled while it encodes
+    (``pipeline.allocator.filled_allocations``): the same seed gives the same file, not just
+    the same frames.
     """
     height, width = frames.shape[1:3]
     if width % 2 or height % 2:
         raise ValueError(f"H.264 in yuv420p needs an even frame size, got {width}x{height}")
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
+    with filled_allocations(), av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "lookahead-threads=1"}
+        stream.options = {"crf": str(crf), "preset": "medium"}
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
         container.mux(stream.encode(None))
