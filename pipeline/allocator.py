@@ -1,8 +1,8 @@
-"""glibc's malloc, set for two jobs: per-file media work, and deterministic test media.
+"""glibc's malloc, set for two jobs: per-file media work, and videos that repeat byte for byte.
 
-In the core because curation's workers and the synthetic-media writer (``support``) both
-need it. Both settings go through ``mallopt(3)`` at run time and do nothing where the C
-library is not glibc (macOS, musl).
+In the core because curation's workers, the served-video writer (``pipeline.generation``)
+and the synthetic-media writer (``support``) need it. Both settings go through
+``mallopt(3)`` at run time and do nothing where the C library is not glibc (macOS, musl).
 
 **Freed buffers stay in the process** (``keep_freed_memory``, curation's workers and their
 sandboxed children). A decoded 640x480 picture is 0.9 MB. glibc serves an allocation that
@@ -16,8 +16,8 @@ up to ``TRIM_THRESHOLD`` of freed heap kept, the same loop took 3 faults, 0.1 ms
 time and 5.7-5.8 ms of user time per image: 30% less CPU. A worker handles one input at a
 time, so the memory kept is bounded by one input's buffers plus ``TRIM_THRESHOLD``.
 
-**Allocations filled with one value** (``filled_allocations``, while synthetic and served videos are
-encoded). x264, as PyAV 18.1's FFmpeg 8.1 runs it, reads memory it has not written: the same
+**Allocations filled with one value** (``filled_allocations``, while synthetic and served
+videos are encoded). x264, as PyAV 18.1's FFmpeg 8.1 runs it, reads memory it has not written: the same
 60 YUV frames, encoded ten times in one process, gave up to 8 different files (one encoder
 thread or several, any preset tried), and with glibc's ``MALLOC_PERTURB_`` set the output
 was the same every time but changed with the fill value. A fixed seed must give the same
