@@ -7,12 +7,19 @@ Figures, all measured in one run on the same machine (ratios survive a noisy one
 - each corpus curated by the CLI, as a user runs it (fresh output folder): wall time and
   the driver's peak RSS (sampled every 0.1 s);
 - the intercept (fixed overhead) and the slope (seconds per video-second) of the job's wall
-  time between the two largest corpora;
+  time between the two largest corpora; the intercept is a fit of two noisy points (it
+  moved from 8.6 s to 18.9 s between two runs of one commit), so the fixed overhead is
+  also measured directly: the CLI on a manifest of one small image, three times;
 - the cost of the same per-file work (probe, analysis, split, clip encoding, aesthetic) run
   alone in one process over the distinct files, in CPU seconds per video-second (process
   time, all threads: the decoder and encoder use several, so wall time would flatter it),
   with OpenCV single-threaded as in the workers. The job's cost per video-second is
   ``slope x cores`` core-seconds; its target is at most 1.3x the work alone;
+- the same work split over one process per core, started together, in wall seconds: what
+  this machine delivers with every core on the work and nothing else. Two busy loops on
+  the 2-core virtual machine ran at 1.75x one, so ``cores`` times the one-process rate is
+  more than any pipeline here can reach; the job's slope and image rates are set against
+  this too (``slope_over_parallel_alone``, ``share_outside_vs_parallel_alone``);
 - the driver's peak RSS at the largest corpus against the second largest (target <= 1.1x);
 - images: small (160x120) and larger (640x480) generated JPEGs in a manifest, each curated
   at a third of the count and at the full count: the overall images/s, the marginal images/s
@@ -114,9 +121,11 @@ def run_job(inputs: Path, out: Path, env: dict[str, str] | None = None) -> dict:
             "this_run": summary["this_run"], "throughput": summary["throughput"]}
 
 
-def work_alone(paths: list[Path], kind: str) -> float:
-    """CPU seconds (this process, all its threads) of the per-file work and aesthetic
-    scoring, no Ray, OpenCV on one thread as in the workers."""
+def work_alone(paths: list[Path], kind: str, barrier=None) -> tuple[float, float, float]:
+    """The per-file work and aesthetic scoring over ``paths``, no Ray, OpenCV on one thread
+    as in the workers: CPU seconds (this process, all its threads), and the wall-clock
+    start and end of the loop. With a ``barrier``, the loop starts when every process
+    sharing it is ready (imports and the scorer's set-up stay outside the timing)."""
     import cv2
     import numpy as np
 
@@ -132,7 +141,9 @@ def work_alone(paths: list[Path], kind: str) -> float:
     keep_freed_memory()  # the workers' malloc settings (pipeline.allocator)
     config = load_config("paper")
     scorer = build_aesthetic_scorer(None, None)
-    started = time.process_time()
+    if barrier is not None:
+        barrier.wait()
+    started, started_cpu = time.time(), time.process_time()
     for path in paths:
         try:
             rows, _ = process_item(MediaItem(str(path), kind), config)
@@ -140,7 +151,35 @@ def work_alone(paths: list[Path], kind: str) -> float:
             continue
         for row in rows:
             scorer(np.stack([decode_jpeg(f) for f in row["keyframes"]]))
-    return time.process_time() - started
+    return time.process_time() - started_cpu, started, time.time()
+
+
+_barrier = None
+
+
+def _share_barrier(barrier) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def _alone_share(paths: list[Path], kind: str) -> tuple[float, float, float]:
+    return work_alone(paths, kind, _barrier)
+
+
+def work_alone_parallel(paths: list[Path], kind: str, processes: int) -> float:
+    """Wall seconds of the same work split over ``processes`` processes that start together:
+    what the machine delivers with every core busy on the work and nothing else. A shared
+    virtual machine's cores need not add up (two busy loops on this 2-core one ran at
+    1.75x one), so the job is held to this, next to the one-process CPU figure."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_share_barrier,
+                             initargs=(barrier,)) as pool:
+        spans = list(pool.map(_alone_share, [paths[k::processes] for k in range(processes)], [kind] * processes))
+    return max(end for _, _, end in spans) - min(start for _, start, _ in spans)
 
 
 def image_corpus(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -164,6 +203,12 @@ def image_corpus(folder: Path, count: int, size: tuple[int, int]) -> Path:
     return manifest
 
 
+def _one_image(root: Path) -> Path:
+    """A manifest of one small image: a job on it is the fixed overhead alone (start-up,
+    planning, one worker's start, finalize, shut-down), measured rather than fitted."""
+    return image_corpus(root / "one_image", 1, (160, 120))
+
+
 def image_figures(root: Path, name: str, count: int, size: tuple[int, int], cores: int) -> dict:
     """A third of ``count`` images and all of them, each curated by the CLI; the marginal
     rate between the two, and the work alone on the same files."""
@@ -175,7 +220,8 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
     first, full = run_job(part, root / f"out_{name}_part"), run_job(manifest, root / f"out_{name}")
     marginal_s = (full["wall_s"] - first["wall_s"]) / (count - small_count)
     paths = [Path(line.split(",")[0]) for line in lines[1:]]
-    alone_cpu_per_image = work_alone(paths, "image") / count
+    alone_cpu_per_image = work_alone(paths, "image")[0] / count
+    alone_parallel_per_image = work_alone_parallel(paths, "image", cores) / count
     figures = {
         "images": [small_count, count], "wall_s": [first["wall_s"], full["wall_s"]],
         "driver_peak_rss_mb": full["driver_peak_rss_mb"],
@@ -185,6 +231,8 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
         "marginal_images_per_s_per_core": round(1 / marginal_s / cores, 1),
         "alone_images_per_cpu_s": round(1 / alone_cpu_per_image, 1),
         "share_outside_decode_and_score": round(1 - alone_cpu_per_image / (marginal_s * cores), 3),
+        "alone_parallel_images_per_s": round(1 / alone_parallel_per_image, 1),
+        "share_outside_vs_parallel_alone": round(1 - alone_parallel_per_image / marginal_s, 3),
         "pipeline_images_per_s": full["throughput"]["images_per_s"],
     }
     steady = full["throughput"].get("steady_images_per_s")  # the job's own rate after its first unit
@@ -243,7 +291,9 @@ def main() -> None:
         seconds = {n: sum(durations[i % len(durations)] for i in range(n)) for n in sizes}
         slope = (jobs[large]["wall_s"] - jobs[mid]["wall_s"]) / (seconds[large] - seconds[mid])
         intercept = jobs[mid]["wall_s"] - slope * seconds[mid]
-        alone_cpu_per_video_s = work_alone(distinct, "video") / sum(durations)
+        alone_cpu_per_video_s = work_alone(distinct, "video")[0] / sum(durations)
+        alone_parallel_per_video_s = work_alone_parallel(distinct, "video", cores) / sum(durations)
+        one_input = [run_job(_one_image(root), root / f"out_one_{k}")["wall_s"] for k in range(3)]
         images = {name: image_figures(root, name, count, size, cores) for name, count, size in
                   (("small_160x120", args.images[0], (160, 120)), ("large_640x480", args.images[1], (640, 480)))}
         two_node = two_node_run(root, corpora[mid], root / f"out{mid}", cores) if args.two_node else None
@@ -257,6 +307,9 @@ def main() -> None:
         "job_core_s_per_video_s": round(slope * cores, 4),
         "alone_cpu_s_per_video_s": round(alone_cpu_per_video_s, 4),
         "slope_over_alone": round(slope * cores / alone_cpu_per_video_s, 3),
+        "alone_parallel_s_per_video_s": round(alone_parallel_per_video_s, 4),
+        "slope_over_parallel_alone": round(slope / alone_parallel_per_video_s, 3),
+        "one_input_wall_s": one_input,
         "driver_rss_largest_over_second": round(jobs[large]["driver_peak_rss_mb"] / jobs[mid]["driver_peak_rss_mb"], 3),
         "images": images,
         "two_node": two_node,
