@@ -22,8 +22,8 @@ and the per-frame work of the detectors and scorers weighs most:
 - the per-sample signals of the analysis pass (camera model, fingerprint, text area): CPU
   seconds per video-second and share of the pass, on both corpora; and the near-duplicate
   search over the job's clips table;
-- the near-duplicate finder on ``--near-duplicate-rows`` planted fingerprints, by a flat scan
-  and through the IVF index (``near_duplicate_scale``).
+- the near-duplicate finder on ``--near-duplicate-rows`` planted fingerprints, exact (one
+  partition) and partitioned (``near_duplicate_scale``).
 The decode-only, analysis and naive passes run ``--repeats`` times, interleaved, and the
 fastest run of each counts (every run is kept in the JSON): on a shared machine one run of
 each can differ by 2x or more. Each pass is timed on the wall clock and in process CPU time:
@@ -317,40 +317,20 @@ def near_duplicate_cost(out: Path, config) -> dict:
 
 def near_duplicate_scale(folder: Path, rows: int, copies: int = 100) -> dict:
     """The near-duplicate finder on a clips table of ``rows`` fingerprints: random unit
-    vectors, ``copies`` of which have a copy at cosine 0.97. Seconds through a flat scan and
-    through the IVF index (its build included), and whether each finds exactly the planted
-    copies. Random vectors spread evenly, which suits an IVF index better than real
-    fingerprints, which crowd together; Ray is not running, so the fragments are searched
-    one after another in this process."""
-    import lance
-    import numpy as np
-    import pyarrow as pa
-
+    vectors, ``copies`` of which have a copy at cosine 0.97
+    (``support.synthetic.write_planted_fingerprints``). Seconds for the exact pass (one
+    partition) and for the partitioned one (Lance's IVF k-means and the index for search
+    included), and whether each finds exactly the planted copies. Random vectors spread
+    evenly, which suits partitions better than real fingerprints, which crowd together; Ray
+    is not running, so everything runs in this process."""
     from curation.near_duplicates import near_duplicates
     from pipeline.config.schema import NearDuplicatesConfig
-    from pipeline.tables import FINGERPRINT
+    from support.synthetic import write_planted_fingerprints
 
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(rows, FINGERPRINT.list_size)).astype(np.float32)
-    twins = rng.choice(rows // 2, copies, replace=False)
-    noise = rng.normal(size=(copies, FINGERPRINT.list_size)).astype(np.float32)
-    noise -= (noise * vectors[twins]).sum(1, keepdims=True) / (vectors[twins] ** 2).sum(1, keepdims=True) * vectors[twins]
-    vectors[rows // 2 + np.arange(copies)] = (  # at cosine 0.97 with its twin
-        0.97 * vectors[twins] / np.linalg.norm(vectors[twins], axis=1, keepdims=True)
-        + np.sqrt(1 - 0.97**2) * noise / np.linalg.norm(noise, axis=1, keepdims=True))
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = [f"c{i:08d}" for i in range(rows)]
-    table = pa.table({
-        "clip_id": ids, "fingerprint": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), FINGERPRINT.list_size),
-        "aesthetic": pa.array(np.where(np.arange(rows) < rows // 2, 6.0, 5.0), pa.float32()),
-        "video_width": pa.array([320] * rows, pa.int32()), "video_height": pa.array([180] * rows, pa.int32()),
-        "num_frames": pa.array([48] * rows, pa.int32()),
-    })
-    planted = {ids[rows // 2 + i]: ids[t] for i, t in enumerate(twins)}
     figures: dict = {"rows": rows, "planted_copies": copies}
-    for name, index_min_rows in (("flat", rows + 1), ("ivf", 1)):
+    for name, index_min_rows in (("exact", rows + 1), ("partitioned", 1)):
         uri = folder / f"near_duplicates_{name}.lance"
-        lance.write_dataset(table, str(uri), mode="overwrite", max_rows_per_file=rows // 8)
+        planted = write_planted_fingerprints(uri, rows, copies)
         started = time.perf_counter()
         found = near_duplicates(uri, NearDuplicatesConfig(index_min_rows=index_min_rows))
         figures[f"{name}_s"] = time.perf_counter() - started
@@ -385,8 +365,8 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=300.0, help="length of the long 720p video for the RSS figure")
     parser.add_argument("--short-seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the decode-only, analysis and naive passes")
-    parser.add_argument("--near-duplicate-rows", type=int, default=20_000,
-                        help="fingerprints in the near-duplicate finder's scale test, flat against IVF (0: skip)")
+    parser.add_argument("--near-duplicate-rows", type=int, default=100_000,
+                        help="fingerprints in the near-duplicate finder's scale test, exact against partitioned (0: skip)")
     args = parser.parse_args()
 
     import cv2

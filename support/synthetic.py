@@ -699,3 +699,35 @@ def write_sample_corpus(folder: Path, videos: int = 3, seed: int = 0, size: tupl
     broken = write_broken_files(folder / "broken")
     manifest = write_image_manifest(folder, fmt="csv")
     return {"videos": written, "broken": broken, "manifest": manifest}
+
+
+def write_planted_fingerprints(uri: Path, rows: int, copies: int, seed: int = 0, cosine: float = 0.97,
+                               fragments: int = 8) -> dict[str, str]:
+    """A clips table of ``rows`` random unit fingerprints (the columns the near-duplicate
+    finder reads), ``copies`` of which copy an earlier clip at ``cosine``; returns
+    ``{copy: original}``, which is exactly what the finder should report (the originals
+    score higher). Random vectors spread evenly over the sphere, so any two other clips
+    agree by about 0 +- 0.07."""
+    import lance
+    import pyarrow as pa
+
+    from pipeline.tables import FINGERPRINT
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(rows, FINGERPRINT.list_size)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    originals = rng.choice(rows // 2, copies, replace=False)
+    noise = rng.normal(size=(copies, FINGERPRINT.list_size)).astype(np.float32)
+    noise -= (noise * vectors[originals]).sum(1, keepdims=True) * vectors[originals]  # orthogonal to its original
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    vectors[rows // 2 + np.arange(copies)] = cosine * vectors[originals] + math.sqrt(1 - cosine**2) * noise
+    ids = [f"c{i:08d}" for i in range(rows)]
+    table = pa.table({
+        "clip_id": ids,
+        "fingerprint": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), FINGERPRINT.list_size),
+        "aesthetic": pa.array(np.where(np.arange(rows) < rows // 2, 6.0, 5.0), pa.float32()),
+        "video_width": pa.array([320] * rows, pa.int32()), "video_height": pa.array([180] * rows, pa.int32()),
+        "num_frames": pa.array([48] * rows, pa.int32()),
+    })
+    lance.write_dataset(table, str(uri), mode="overwrite", max_rows_per_file=max(1, -(-rows // fragments)))
+    return {ids[rows // 2 + i]: ids[o] for i, o in enumerate(originals)}

@@ -311,7 +311,7 @@ def _validate_signals(cfg: CurationConfig) -> None:
     for key in ("min_similarity", "min_clip_similarity"):
         if not 0 < getattr(near, key) <= 1:
             raise ConfigError(f"curation.near_duplicates.{key}: a cosine in (0, 1], got {getattr(near, key)}")
-    for key in ("neighbours", "index_min_rows"):
+    for key in ("partitions_probed", "index_min_rows"):
         if getattr(near, key) < 1:
             raise ConfigError(f"curation.near_duplicates.{key}: must be at least 1, got {getattr(near, key)}")
 

@@ -358,8 +358,8 @@ class CameraConfig:
 @dataclass
 class NearDuplicatesConfig:
     """Clips that show the same footage (re-encoded, rescaled, slightly cropped, brightened or
-    re-timed copies) found through a Lance vector index of their fingerprints, and confirmed
-    by their CLIP embeddings where both clips have one."""
+    re-timed copies) found by comparing their fingerprints partition by partition (Lance's
+    IVF k-means), and confirmed by their CLIP embeddings where both clips have one."""
 
     enabled: bool = True
     # Mean cosine similarity of the keyframes' fingerprints at which two clips are copies.
@@ -376,15 +376,13 @@ class NearDuplicatesConfig:
     # merely shares a layout should fall below it: an estimate, not measured on real ViT-L/14
     # weights here. Where either clip has no embedding the fingerprint decides alone.
     min_clip_similarity: float = 0.9
-    # Nearest clips each clip is compared with.
-    neighbours: int = 8
-    # Tables with at least this many clips get an IVF vector index; smaller ones are
-    # searched exactly. Through the index each query cost about 9.5 ms however many were
-    # batched, while a flat scan answered a batch at once, so the scan, though it grows
-    # with the square of the table, is faster up to about 140,000 clips: measured on
-    # 4,000 and 20,000 planted fingerprints, 1.9 and 27 s flat against 11 and 191 s through
-    # the index (benchmarks/curation.py, near_duplicates_at_scale).
-    index_min_rows: int = 150_000
+    # A table of at least index_min_rows clips is split into sqrt(n) partitions (Lance's IVF
+    # k-means), and each clip is compared with the clips of its partitions_probed nearest
+    # partitions; a smaller table is compared exactly, every clip with every other, by one
+    # blocked matrix product (curation/near_duplicates.py). The exact pass grows with the
+    # square of the table: measured in benchmarks/curation.py (near_duplicates_at_scale).
+    partitions_probed: int = 8
+    index_min_rows: int = 20_000
 
 
 @dataclass
