@@ -1,6 +1,7 @@
-"""Clips that show the same footage, found across the whole table partition by partition
-of an IVF model of their fingerprints (``curation.scorers.fingerprint``), never by comparing
-all pairs of a large table.
+"""Clips that show the same footage, and images that show the same picture, found across
+the whole table partition by partition of an IVF model of their fingerprints
+(``curation.scorers.fingerprint``), never by comparing all pairs of a large table. The clips
+and the images tables are searched each on its own; the text below says clips for both.
 
 A pair of clips whose keyframes agree on average by at least ``min_similarity`` (cosine) is
 a copy, unless both clips have a CLIP embedding (``clip_embedding``, curated with CLIP
@@ -10,7 +11,7 @@ clip without an embedding is judged on its fingerprint alone. Copies are joined 
 groups (a chain of copies is one group), and each group keeps its best clip: the highest
 aesthetic score, then the most pixels, then the most frames, then the smallest id (so
 reruns agree). The others are marked ``near_duplicate_of`` the kept one, which finalize
-turns into their drop reason.
+turns into their drop reason. An image's size is its width x height and it has no frames.
 
 How pairs are found. A table of fewer than ``index_min_rows`` clips is one partition, and
 every clip is compared with every other by a blocked matrix product: exact. A larger table
@@ -20,12 +21,13 @@ sample. Each clip belongs to its nearest centroid's partition and also visits th
 other's partition. Each partition's comparisons are one matrix product of its visitors
 against its members: Lance's own batch query through an IVF index answered one query at a
 time (9.5 ms each), which made it slower than a flat scan below about 140,000 clips.
-With Ray running this is a shuffle through the object store: a task per fragment assigns
-its clips and returns one block per group of partitions (``num_returns``), and a task per
-group compares them; the driver holds only references and receives only the pairs. A query
-clip travels once per partition it visits, with its fingerprint and CLIP embedding, so the
-object store holds about ``partitions_probed`` copies of those two columns while the search
-runs. The table also gets a Lance IVF_FLAT index on the fingerprints (built once, then
+With Ray running this is a shuffle through the object store: a task per run of fragments
+assigns their clips and returns one block per group of partitions (``num_returns``), and a
+task per group compares them (at most ``GROUPS_PER_CPU`` x the cluster's CPUs of each, so
+the objects number at most the square of that); the driver holds only references and
+receives only the pairs. A query clip travels once per partition it visits, with its
+fingerprint and CLIP embedding, so the object store holds about ``partitions_probed``
+copies of those two columns while the search runs. The table also gets a Lance IVF_FLAT index on the fingerprints (built once, then
 extended with each run's new fragments), which ``curate search`` queries.
 """
 
@@ -47,13 +49,17 @@ log = logging.getLogger("curation")
 
 COLUMN = "fingerprint"
 EMBEDDING = "clip_embedding"  # pipeline.tables.CLIP_EMBEDDING
-BLOCK_ROWS = 2048  # rows of one side of a comparison multiplied at once (2048 x 20,000 floats: 160 MB)
+# Per table: its id column, and the columns of a row's size that rank copies after the
+# aesthetic score (pixels: the first two multiplied; then frames, for clips).
+SIZE_COLUMNS = {"clip_id": ["video_width", "video_height", "num_frames"], "image_id": ["width", "height"]}
+BLOCK_ROWS = 4096  # rows of each side of one tile of comparisons (4096 x 4096 floats: 64 MB)
 GROUPS_PER_CPU = 4  # comparison tasks per cluster CPU, so a large partition does not leave cores idle
 Pair = tuple[str, str]
 
 
-def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
-    """``{clip_id: clip_id kept}`` for every clip that copies a better one."""
+def near_duplicates(uri: Path, cfg: NearDuplicatesConfig, key: str = "clip_id") -> dict[str, str]:
+    """``{id: id kept}`` for every row that copies a better one; ``key`` names the table's
+    id column (``clip_id`` or ``image_id``)."""
     ds = lance.dataset(str(uri))
     if not cfg.enabled or COLUMN not in ds.schema.names:
         return {}
@@ -64,10 +70,10 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
     ds = lance.dataset(str(uri))
     centroids = _centroids(ds, measured, cfg)
     fragments = [f.fragment_id for f in ds.get_fragments()]
-    pairs = _search(str(uri), ds.version, fragments, centroids, cfg)
+    pairs = _search(str(uri), ds.version, fragments, key, centroids, cfg)
     if not pairs:
         return {}
-    return _keepers(ds, _groups(pairs))
+    return _keepers(ds, key, _groups(pairs))
 
 
 def has_index(ds: lance.LanceDataset, column: str = COLUMN) -> bool:
@@ -106,34 +112,40 @@ def _centroids(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig)
     return _matrix(model.centroids)
 
 
-def _search(uri: str, version: int, fragments: list[int], centroids: Optional[np.ndarray],
+def _search(uri: str, version: int, fragments: list[int], key: str, centroids: Optional[np.ndarray],
             cfg: NearDuplicatesConfig) -> set[Pair]:
     """The copy pairs of the whole table: in Ray tasks when Ray runs, else here."""
     import ray
 
     if not ray.is_initialized():
-        return _compare(cfg, *_assign(uri, version, fragments, centroids, cfg.partitions_probed, 1))
+        return _compare(cfg, *_assign(uri, version, fragments, key, centroids, cfg.partitions_probed, 1))
     from pipeline.ray_runtime import cluster_cpus
 
-    groups = 1 if centroids is None else min(len(centroids), GROUPS_PER_CPU * cluster_cpus())
+    tasks = GROUPS_PER_CPU * cluster_cpus()
+    groups = 1 if centroids is None else min(len(centroids), tasks)
     assign = ray.remote(num_cpus=1, num_returns=groups)(_assign_blocks)
     compare = ray.remote(num_cpus=1)(_compare)
     centroids_ref = ray.put(centroids)
-    blocks = [assign.remote(uri, version, [f], centroids_ref, cfg.partitions_probed, groups) for f in fragments]
+    # At most ``tasks`` assigning tasks, each over a run of fragments: the shuffle makes one
+    # object per assigning task and group.
+    runs = [run.tolist() for run in np.array_split(np.asarray(fragments), min(len(fragments), tasks))]
+    blocks = [assign.remote(uri, version, run, key, centroids_ref, cfg.partitions_probed, groups) for run in runs]
     if groups == 1:  # one return is the block itself, not a list of references
         blocks = [[b] for b in blocks]
     found = ray.get([compare.remote(cfg, *[b[g] for b in blocks]) for g in range(groups)])
     return set().union(*found)
 
 
-def _assign(uri: str, version: int, fragments: list[int], centroids: Optional[np.ndarray], probed: int,
+def _assign(uri: str, version: int, fragments: list[int], key: str, centroids: Optional[np.ndarray], probed: int,
             groups: int) -> list[pa.Table]:
     """The clips of ``fragments`` that have a layout, as one table per group of partitions
     (partition p is in group p mod ``groups``): each clip as a member of its nearest
-    centroid's partition, and as a visitor of its other ``probed - 1`` nearest ones."""
+    centroid's partition, and as a visitor of its other ``probed - 1`` nearest ones. The
+    ``key`` column travels as ``id``."""
     ds = lance.dataset(uri, version=version)
-    columns = ["clip_id", COLUMN] + ([EMBEDDING] if EMBEDDING in ds.schema.names else [])
-    table = _with_layout(ds.scanner(columns=columns, fragments=[ds.get_fragment(f) for f in fragments]).to_table())
+    columns = [key, COLUMN] + ([EMBEDDING] if EMBEDDING in ds.schema.names else [])
+    table = ds.scanner(columns=columns, fragments=[ds.get_fragment(f) for f in fragments]).to_table()
+    table = _with_layout(table.rename_columns(["id", *columns[1:]]))
     if centroids is None:
         visits = np.zeros((table.num_rows, 1), np.int64)
     else:
@@ -165,7 +177,7 @@ def _compare(cfg: NearDuplicatesConfig, *blocks: pa.Table) -> set[Pair]:
     vectors = _matrix(table.column(COLUMN))
     embeddings, has_embedding = (_embeddings(table.column(EMBEDDING)) if EMBEDDING in table.schema.names
                                  else (None, None))
-    ids = table.column("clip_id").to_pylist()
+    ids = table.column("id").to_pylist()
     partition = table.column("partition").to_numpy()
     member = table.column("member").to_numpy(zero_copy_only=False)
     pairs: set[Pair] = set()
@@ -186,17 +198,20 @@ def _compare(cfg: NearDuplicatesConfig, *blocks: pa.Table) -> set[Pair]:
 
 def _similar(vectors: np.ndarray, left: np.ndarray, right: np.ndarray, minimum: float,
              upper: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (i from ``left``, j from ``right``) whose vectors agree by ``minimum``,
-    in blocks of ``BLOCK_ROWS`` left rows; with ``upper`` (left is right) each pair once."""
+    """Row indices (i from ``left``, j from ``right``) whose vectors agree by ``minimum``, in
+    tiles of ``BLOCK_ROWS`` x ``BLOCK_ROWS`` (a partition of a million clips still costs
+    only one tile of memory); with ``upper`` (left is right) each pair once."""
     found_a, found_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for start in range(0, len(left), BLOCK_ROWS):
-        block = left[start:start + BLOCK_ROWS]
-        similarity = vectors[block] @ vectors[right].T
-        if upper:  # only j after i in ``right``'s order
-            similarity[np.arange(len(block))[:, None] + start >= np.arange(len(right))[None, :]] = -np.inf
-        i, j = np.nonzero(similarity >= minimum)
-        found_a.append(block[i])
-        found_b.append(right[j])
+    for top in range(0, len(left), BLOCK_ROWS):
+        rows = left[top:top + BLOCK_ROWS]
+        for first in range(top if upper else 0, len(right), BLOCK_ROWS):
+            columns = right[first:first + BLOCK_ROWS]
+            similarity = vectors[rows] @ vectors[columns].T
+            if upper and first == top:  # the diagonal tile: only j after i
+                similarity[np.tril_indices(len(rows), 0, len(columns))] = -np.inf
+            i, j = np.nonzero(similarity >= minimum)
+            found_a.append(rows[i])
+            found_b.append(columns[j])
     return np.concatenate(found_a), np.concatenate(found_b)
 
 
@@ -245,22 +260,24 @@ def _groups(pairs: set[Pair]) -> list[list[str]]:
     return list(members.values())
 
 
-def _keepers(ds: lance.LanceDataset, groups: list[list[str]]) -> dict[str, str]:
-    """Each group's best clip, and the others pointing at it."""
-    wanted = ", ".join("'" + x.replace("'", "''") + "'" for x in sorted({x for group in groups for x in group}))
-    quality = ds.to_table(columns=["clip_id", "aesthetic", "video_width", "video_height", "num_frames"],
-                          filter=f"clip_id IN ({wanted})").to_pylist()
-    by_id = {row["clip_id"]: row for row in quality}
+def _keepers(ds: lance.LanceDataset, key: str, groups: list[list[str]]) -> dict[str, str]:
+    """Each group's best row, and the others pointing at it. The ranking columns are read
+    whole and filtered in Arrow: a filter string naming every copy would grow with them."""
+    size = SIZE_COLUMNS[key]
+    table = ds.to_table(columns=[key, "aesthetic", *size])
+    wanted = pa.array(sorted({x for group in groups for x in group}), pa.string())
+    by_id = {row[key]: row for row in table.filter(pc.is_in(table.column(key), value_set=wanted)).to_pylist()}
 
-    def rank(clip_id: str) -> tuple:
-        row = by_id[clip_id]
+    def rank(row_id: str) -> tuple:
+        row = by_id[row_id]
         aesthetic = row["aesthetic"] if row["aesthetic"] is not None and not math.isnan(row["aesthetic"]) else -math.inf
-        return (-aesthetic, -(row["video_width"] * row["video_height"]), -row["num_frames"], clip_id)
+        frames = row[size[2]] if len(size) > 2 else 0
+        return (-aesthetic, -(row[size[0]] * row[size[1]]), -frames, row_id)
 
     copies: dict[str, str] = {}
     for group in groups:
         ranked = sorted((x for x in group if x in by_id), key=rank)
         for other in ranked[1:]:
             copies[other] = ranked[0]
-    log.info("near-duplicates: %d copies in %d groups", len(copies), len(groups))
+    log.info("near-duplicates (%s): %d copies in %d groups", key, len(copies), len(groups))
     return copies

@@ -30,14 +30,13 @@ import numpy as np
 from PIL import Image
 
 from curation.near_duplicates import COLUMN, EMBEDDING, has_index
-from curation.scorers.fingerprint import clip_fingerprint, frame_fingerprint
+from curation.scorers.fingerprint import image_fingerprint
 from pipeline.config.schema import ScoringConfig
 from pipeline.tables import CLIPS, open_curated
 
 if TYPE_CHECKING:
     from curation.scorers.laion import ClipAestheticScorer
 
-KEYFRAMES = 3
 SHOWN = ["clip_id", "source", "start_frame", "end_frame", "keep", "drop_reason", "camera_motion", "camera_confidence",
          "aesthetic", "near_duplicate_of", "thumbnail"]
 
@@ -120,7 +119,7 @@ def _image_query(ds: lance.LanceDataset, path: str | Path, embedder: Optional[Cl
         raise SearchError(f"{path}: not a readable picture ({err})") from err
     if embedder is not None and EMBEDDING in ds.schema.names and ds.count_rows(f"{EMBEDDING} IS NOT NULL"):
         return Query(EMBEDDING, embedder.scores_and_embeddings(rgb[None])[1][0])
-    return Query(COLUMN, clip_fingerprint([frame_fingerprint(rgb)] * KEYFRAMES))
+    return Query(COLUMN, image_fingerprint(rgb))
 
 
 def write_sheet(hits: list[Hit], title: str, page: Path) -> Path:

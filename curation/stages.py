@@ -223,13 +223,13 @@ def score(scorer: Any, batch: pa.Table) -> pa.Table:
 
 
 def _score_row(scorer: Any, keyframes: list[bytes]) -> tuple[float, Optional[np.ndarray]]:
-    """A row's aesthetic (the mean over its keyframes) and, from a scorer that embeds, its
-    CLIP embedding: the keyframes' mean direction, so that a clip is one vector to compare
-    (CLIP's image embeddings share a narrow cone, so the mean never vanishes)."""
-    frames = np.stack([decode_jpeg(f) for f in keyframes])
-    if not hasattr(scorer, "scores_and_embeddings"):
-        return float(np.mean(scorer(frames))), None
-    frame_scores, frame_embeddings = scorer.scores_and_embeddings(frames)
+    """A row's aesthetic (the mean over its keyframes) and, from a scorer that embeds (the
+    LAION one; the weight-free one returns None), its CLIP embedding: the keyframes' mean
+    direction, so that a clip is one vector to compare (CLIP's image embeddings share a
+    narrow cone, so the mean never vanishes)."""
+    frame_scores, frame_embeddings = scorer.scores_and_embeddings(np.stack([decode_jpeg(f) for f in keyframes]))
+    if frame_embeddings is None:
+        return float(np.mean(frame_scores)), None
     mean = frame_embeddings.mean(axis=0)
     return float(np.mean(frame_scores)), mean / np.linalg.norm(mean)
 

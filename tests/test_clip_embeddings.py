@@ -6,6 +6,7 @@ are written here with known cosines; the curation run checks the plumbing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -230,7 +231,8 @@ def test_clip_embedder_needs_both_weight_files_or_none() -> None:
 
 
 # Run in a subprocess: every Ray worker builds ViT-L/14 from open_clip's registry, so the
-# hook registers the tiny 768-d config under that name in each of them before any task.
+# hook registers the tiny 768-d config under that name in each of them before any task,
+# through open_clip's public add_model_config (a config file's stem names its model).
 CURATE_WITH_TINY_CLIP = """
 import os, sys
 import ray
@@ -239,8 +241,8 @@ from pipeline.config import load_config
 from pipeline.ray_runtime import WORKER_ENV
 
 def tiny_clip():
-    import open_clip.factory
-    open_clip.factory._MODEL_CONFIGS["ViT-L-14"] = {tiny!r}
+    import open_clip
+    open_clip.add_model_config({config!r})
 
 for key, value in WORKER_ENV.items():
     os.environ.setdefault(key, value)
@@ -279,7 +281,10 @@ def test_curation_stores_clip_embeddings_with_clip_weights(tmp_path: Path) -> No
     for name in (CLIPS, IMAGES):
         lance.dataset(str(out / name)).drop_columns(["clip_embedding"])
 
-    script = CURATE_WITH_TINY_CLIP.format(tiny=TINY_768)
+    config = tmp_path / "open_clip_configs" / "ViT-L-14.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps(TINY_768))
+    script = CURATE_WITH_TINY_CLIP.format(config=str(config))
     run = subprocess.run([sys.executable, "-c", script, f"{new},{manifest}", str(out),
                           f"curation.scoring.aesthetic_head={head}", f"curation.scoring.aesthetic_clip={clip}"],
                          capture_output=True, text=True, timeout=600)

@@ -39,6 +39,11 @@ class QualityScorer:
         """``(N, H, W, 3)`` uint8 RGB -> ``(N,)`` float32 scores in [1, 10]."""
         return np.array([self._score(frame) for frame in frames], dtype=np.float32)
 
+    def scores_and_embeddings(self, frames: np.ndarray) -> tuple[np.ndarray, None]:
+        """The scores, and no embeddings: the two scorers answer the same call, and a row
+        scored without CLIP weights stores a null ``clip_embedding``."""
+        return self(frames), None
+
     def _score(self, rgb: np.ndarray) -> float:
         h, w = rgb.shape[:2]
         scale = self.work_short_side / min(h, w)

@@ -8,7 +8,9 @@ term, dropped, is the brightness; the norm, divided out, is the contrast). This 
 perceptual hash's input (pHash keeps only the signs; the vector keeps the amounts, so that a
 vector index can rank by distance). A clip's fingerprint is its keyframes' fingerprints side
 by side, scaled so that the dot product of two clips is the mean of their keyframes' cosine
-similarities.
+similarities. An image's fingerprint is its one frame's in every keyframe slot, which leaves
+its cosine with another image that of the two frames: images and clips share the column type
+and the threshold.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 SIDE = 32  # the shrunk frame, px
 LOW = 8  # frequencies kept per axis
 FRAME_DIMS = LOW * LOW - 1
+KEYFRAMES = 3  # slots in a stored fingerprint (pipeline.tables.FINGERPRINT)
 
 
 def frame_fingerprint(rgb: np.ndarray) -> np.ndarray:
@@ -38,3 +41,8 @@ def frame_fingerprint(rgb: np.ndarray) -> np.ndarray:
 def clip_fingerprint(frame_fingerprints: Sequence[np.ndarray]) -> np.ndarray:
     """Keyframes' fingerprints side by side, scaled to a unit vector overall."""
     return (np.concatenate(list(frame_fingerprints)) / math.sqrt(len(frame_fingerprints))).astype(np.float32)
+
+
+def image_fingerprint(rgb: np.ndarray) -> np.ndarray:
+    """A picture's fingerprint in the stored layout: its frame's in each keyframe slot."""
+    return clip_fingerprint([frame_fingerprint(rgb)] * KEYFRAMES)
