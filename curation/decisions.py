@@ -14,10 +14,10 @@ from pipeline.config.schema import FiltersConfig
 
 def keep_and_reasons(scores: pd.DataFrame, cfg: FiltersConfig) -> tuple[np.ndarray, list[str | None]]:
     """Apply the thresholds; the reason names the first failed check and its numbers, and
-    starts with the column it checked (``near_duplicate`` for a copy of a kept row).
+    starts with the column it checked (``near_duplicate`` for a copy of a kept clip).
 
-    ``scores`` has ``aesthetic``, ``subject`` and ``near_duplicate_of`` columns; clips also
-    have ``motion``, ``camera_motion`` and ``text_area``. A missing score is a drop
+    ``scores`` has ``aesthetic`` and ``subject`` columns; clips also have ``motion``,
+    ``camera_motion``, ``text_area`` and ``near_duplicate_of``. A missing score is a drop
     (``could not be scored``), except a text area or camera class that older tables never
     measured, which no filter can judge.
     """

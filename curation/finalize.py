@@ -16,7 +16,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lance
 import pandas as pd
@@ -68,7 +68,7 @@ def finalize(out: Path, config: Config) -> dict[str, Any]:
     _step_done("rejects")
     for name in MEDIA_TABLES:
         if committed(out / name):
-            copies = near_duplicates(out / name, config.curation.near_duplicates, MEDIA_TABLES[name][0])
+            copies = near_duplicates(out / name, config.curation.near_duplicates) if name == CLIPS else None
             summary["clips" if name == CLIPS else "images"] = _decide(out / name, name, config.curation, copies)
     if committed(out / REJECTS):
         rejects = lance.dataset(str(out / REJECTS)).to_table(columns=["stage", "retryable"])
@@ -131,9 +131,9 @@ def _settle_rejects(uri: Path, duplicates: list[dict[str, Any]], media_sources: 
     lance.write_dataset(fresh, str(uri), schema=REJECTS_SCHEMA, mode="overwrite")
 
 
-def _decide(uri: Path, name: str, curation: CurationConfig, copies: dict[str, str]) -> dict[str, Any]:
-    """Recompute keep / drop_reason / weight / split for every row, and which copy each
-    near-duplicate defers to (``copies``), then compact."""
+def _decide(uri: Path, name: str, curation: CurationConfig, copies: Optional[dict[str, str]]) -> dict[str, Any]:
+    """Recompute keep / drop_reason / weight / split for every row (and, for clips, which
+    copy each near-duplicate defers to: ``copies``), then compact."""
     key = MEDIA_TABLES[name][0]
     ds = lance.dataset(str(uri))
     if ds.count_rows() == 0:  # nothing to join the decisions to: the empty table, full schema
@@ -142,9 +142,10 @@ def _decide(uri: Path, name: str, curation: CurationConfig, copies: dict[str, st
     score_cols = ["aesthetic", "subject"] + (["motion", "camera_motion", "text_area"] if name == CLIPS else [])
     scores = ds.to_table(columns=[key, *score_cols]).to_pandas()
     columns: dict[str, Any] = {key: scores[key].to_numpy()}
-    kept = [copies.get(row_id) for row_id in scores[key]]
-    scores["near_duplicate_of"] = kept
-    columns["near_duplicate_of"] = pa.array(kept, pa.string())
+    if copies is not None:
+        kept = [copies.get(row_id) for row_id in scores[key]]
+        scores["near_duplicate_of"] = kept
+        columns["near_duplicate_of"] = pa.array(kept, pa.string())
     keep, reasons = keep_and_reasons(scores, curation.filters)
     weights = balancing_weights(scores, keep, curation.balance_bins, curation.balance_on)
     splits = [split_of(row_id, curation.val_fraction) for row_id in scores[key]]
@@ -174,7 +175,8 @@ def _decide(uri: Path, name: str, curation: CurationConfig, copies: dict[str, st
     if "camera_motion" in scores:  # the camera mix before and after the filters
         cameras = scores["camera_motion"].fillna("unknown")
         figures["camera_motion"] = {"all": cameras.value_counts().to_dict(), "kept": cameras[keep].value_counts().to_dict()}
-    figures["near_duplicates"] = {"copies": len(copies), "kept_copies": len(set(copies.values()))}
+    if copies is not None:
+        figures["near_duplicates"] = {"copies": len(copies), "kept_copies": len(set(copies.values()))}
     return figures
 
 

@@ -1,7 +1,6 @@
-"""Clips that show the same footage, and images that show the same picture, found across
-the whole table partition by partition of an IVF model of their fingerprints
-(``curation.scorers.fingerprint``), never by comparing all pairs of a large table. The clips
-and the images tables are searched each on its own; the text below says clips for both.
+"""Clips that show the same footage, found across the whole table partition by partition
+of an IVF model of their fingerprints (``curation.scorers.fingerprint``), never by comparing
+all pairs of a large table.
 
 A pair of clips whose keyframes agree on average by at least ``min_similarity`` (cosine) is
 a copy, unless both clips have a CLIP embedding (``clip_embedding``, curated with CLIP
@@ -11,7 +10,7 @@ clip without an embedding is judged on its fingerprint alone. Copies are joined 
 groups (a chain of copies is one group), and each group keeps its best clip: the highest
 aesthetic score, then the most pixels, then the most frames, then the smallest id (so
 reruns agree). The others are marked ``near_duplicate_of`` the kept one, which finalize
-turns into their drop reason. An image's size is its width x height and it has no frames.
+turns into their drop reason.
 
 How pairs are found. A table of fewer than ``index_min_rows`` clips is one partition, and
 every clip is compared with every other by a blocked matrix product: exact. A larger table
@@ -49,17 +48,13 @@ log = logging.getLogger("curation")
 
 COLUMN = "fingerprint"
 EMBEDDING = "clip_embedding"  # pipeline.tables.CLIP_EMBEDDING
-# Per table: its id column, and the columns of a row's size that rank copies after the
-# aesthetic score (pixels: the first two multiplied; then frames, for clips).
-SIZE_COLUMNS = {"clip_id": ["video_width", "video_height", "num_frames"], "image_id": ["width", "height"]}
 BLOCK_ROWS = 4096  # rows of each side of one tile of comparisons (4096 x 4096 floats: 64 MB)
 GROUPS_PER_CPU = 4  # comparison tasks per cluster CPU, so a large partition does not leave cores idle
 Pair = tuple[str, str]
 
 
-def near_duplicates(uri: Path, cfg: NearDuplicatesConfig, key: str = "clip_id") -> dict[str, str]:
-    """``{id: id kept}`` for every row that copies a better one; ``key`` names the table's
-    id column (``clip_id`` or ``image_id``)."""
+def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
+    """``{clip_id: clip_id kept}`` for every clip that copies a better one."""
     ds = lance.dataset(str(uri))
     if not cfg.enabled or COLUMN not in ds.schema.names:
         return {}
@@ -70,10 +65,10 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig, key: str = "clip_id") 
     ds = lance.dataset(str(uri))
     centroids = _centroids(ds, measured, cfg)
     fragments = [f.fragment_id for f in ds.get_fragments()]
-    pairs = _search(str(uri), ds.version, fragments, key, centroids, cfg)
+    pairs = _search(str(uri), ds.version, fragments, centroids, cfg)
     if not pairs:
         return {}
-    return _keepers(ds, key, _groups(pairs))
+    return _keepers(ds, _groups(pairs))
 
 
 def has_index(ds: lance.LanceDataset, column: str = COLUMN) -> bool:
@@ -112,13 +107,13 @@ def _centroids(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig)
     return _matrix(model.centroids)
 
 
-def _search(uri: str, version: int, fragments: list[int], key: str, centroids: Optional[np.ndarray],
+def _search(uri: str, version: int, fragments: list[int], centroids: Optional[np.ndarray],
             cfg: NearDuplicatesConfig) -> set[Pair]:
     """The copy pairs of the whole table: in Ray tasks when Ray runs, else here."""
     import ray
 
     if not ray.is_initialized():
-        return _compare(cfg, *_assign(uri, version, fragments, key, centroids, cfg.partitions_probed, 1))
+        return _compare(cfg, *_assign(uri, version, fragments, centroids, cfg.partitions_probed, 1))
     from pipeline.ray_runtime import cluster_cpus
 
     tasks = GROUPS_PER_CPU * cluster_cpus()
@@ -129,23 +124,21 @@ def _search(uri: str, version: int, fragments: list[int], key: str, centroids: O
     # At most ``tasks`` assigning tasks, each over a run of fragments: the shuffle makes one
     # object per assigning task and group.
     runs = [run.tolist() for run in np.array_split(np.asarray(fragments), min(len(fragments), tasks))]
-    blocks = [assign.remote(uri, version, run, key, centroids_ref, cfg.partitions_probed, groups) for run in runs]
+    blocks = [assign.remote(uri, version, run, centroids_ref, cfg.partitions_probed, groups) for run in runs]
     if groups == 1:  # one return is the block itself, not a list of references
         blocks = [[b] for b in blocks]
     found = ray.get([compare.remote(cfg, *[b[g] for b in blocks]) for g in range(groups)])
     return set().union(*found)
 
 
-def _assign(uri: str, version: int, fragments: list[int], key: str, centroids: Optional[np.ndarray], probed: int,
+def _assign(uri: str, version: int, fragments: list[int], centroids: Optional[np.ndarray], probed: int,
             groups: int) -> list[pa.Table]:
     """The clips of ``fragments`` that have a layout, as one table per group of partitions
     (partition p is in group p mod ``groups``): each clip as a member of its nearest
-    centroid's partition, and as a visitor of its other ``probed - 1`` nearest ones. The
-    ``key`` column travels as ``id``."""
+    centroid's partition, and as a visitor of its other ``probed - 1`` nearest ones."""
     ds = lance.dataset(uri, version=version)
-    columns = [key, COLUMN] + ([EMBEDDING] if EMBEDDING in ds.schema.names else [])
-    table = ds.scanner(columns=columns, fragments=[ds.get_fragment(f) for f in fragments]).to_table()
-    table = _with_layout(table.rename_columns(["id", *columns[1:]]))
+    columns = ["clip_id", COLUMN] + ([EMBEDDING] if EMBEDDING in ds.schema.names else [])
+    table = _with_layout(ds.scanner(columns=columns, fragments=[ds.get_fragment(f) for f in fragments]).to_table())
     if centroids is None:
         visits = np.zeros((table.num_rows, 1), np.int64)
     else:
@@ -177,7 +170,7 @@ def _compare(cfg: NearDuplicatesConfig, *blocks: pa.Table) -> set[Pair]:
     vectors = _matrix(table.column(COLUMN))
     embeddings, has_embedding = (_embeddings(table.column(EMBEDDING)) if EMBEDDING in table.schema.names
                                  else (None, None))
-    ids = table.column("id").to_pylist()
+    ids = table.column("clip_id").to_pylist()
     partition = table.column("partition").to_numpy()
     member = table.column("member").to_numpy(zero_copy_only=False)
     pairs: set[Pair] = set()
@@ -260,24 +253,22 @@ def _groups(pairs: set[Pair]) -> list[list[str]]:
     return list(members.values())
 
 
-def _keepers(ds: lance.LanceDataset, key: str, groups: list[list[str]]) -> dict[str, str]:
-    """Each group's best row, and the others pointing at it. The ranking columns are read
+def _keepers(ds: lance.LanceDataset, groups: list[list[str]]) -> dict[str, str]:
+    """Each group's best clip, and the others pointing at it. The ranking columns are read
     whole and filtered in Arrow: a filter string naming every copy would grow with them."""
-    size = SIZE_COLUMNS[key]
-    table = ds.to_table(columns=[key, "aesthetic", *size])
+    table = ds.to_table(columns=["clip_id", "aesthetic", "video_width", "video_height", "num_frames"])
     wanted = pa.array(sorted({x for group in groups for x in group}), pa.string())
-    by_id = {row[key]: row for row in table.filter(pc.is_in(table.column(key), value_set=wanted)).to_pylist()}
+    by_id = {row["clip_id"]: row for row in table.filter(pc.is_in(table.column("clip_id"), value_set=wanted)).to_pylist()}
 
-    def rank(row_id: str) -> tuple:
-        row = by_id[row_id]
+    def rank(clip_id: str) -> tuple:
+        row = by_id[clip_id]
         aesthetic = row["aesthetic"] if row["aesthetic"] is not None and not math.isnan(row["aesthetic"]) else -math.inf
-        frames = row[size[2]] if len(size) > 2 else 0
-        return (-aesthetic, -(row[size[0]] * row[size[1]]), -frames, row_id)
+        return (-aesthetic, -(row["video_width"] * row["video_height"]), -row["num_frames"], clip_id)
 
     copies: dict[str, str] = {}
     for group in groups:
         ranked = sorted((x for x in group if x in by_id), key=rank)
         for other in ranked[1:]:
             copies[other] = ranked[0]
-    log.info("near-duplicates (%s): %d copies in %d groups", key, len(copies), len(groups))
+    log.info("near-duplicates: %d copies in %d groups", len(copies), len(groups))
     return copies

@@ -142,19 +142,18 @@ def reason_examples(df: pd.DataFrame, id_column: str, per_reason: int = 3) -> st
                    for kind in sorted(set(kinds)))
 
 
-def near_duplicate_groups(df: pd.DataFrame, id_column: str, name: str, groups: int = 6) -> str:
-    """The largest groups of copies: the row kept, then the copies that defer to it."""
-    if "near_duplicate_of" not in df or df["near_duplicate_of"].isna().all():
+def near_duplicate_groups(clips: pd.DataFrame, groups: int = 6) -> str:
+    """The largest groups of copies: the clip kept, then the copies that defer to it."""
+    if "near_duplicate_of" not in clips or clips["near_duplicate_of"].isna().all():
         return '<p class="muted">no near-duplicates</p>'
-    copies = df.dropna(subset=["near_duplicate_of"])
+    copies = clips.dropna(subset=["near_duplicate_of"])
     largest = copies["near_duplicate_of"].value_counts().head(groups).index
-    by_id = df.set_index(id_column)
+    by_id = clips.set_index("clip_id")
     sheets = []
     for kept in largest:
         members = pd.concat([by_id.loc[[kept]], by_id[by_id["near_duplicate_of"] == kept]]).reset_index()
-        sheets.append(contact_sheet(members, f"kept {kept} and its copies", id_column))
-    kept = copies["near_duplicate_of"].nunique()
-    return f"<p>{len(copies)} copies defer to {kept} kept {name if kept > 1 else name[:-1]}.</p>" + "".join(sheets)
+        sheets.append(contact_sheet(members, f"kept {kept} and its copies", "clip_id"))
+    return f"<p>{len(copies)} copies of {copies['near_duplicate_of'].nunique()} clips.</p>" + "".join(sheets)
 
 
 def captions_line(df: pd.DataFrame, name: str) -> str:
@@ -231,7 +230,7 @@ def write_report(out_dir: str | Path, config: Config, top: int = 8) -> Path:
               "bucket"]
     clips = _read(out, CLIPS, ["clip_id", "motion", "motion_flow", "motion_vectors", "frame_fps", "camera_motion",
                                "camera_confidence", "text_area", "near_duplicate_of", *common])
-    images = _read(out, IMAGES, ["image_id", "near_duplicate_of", *common])
+    images = _read(out, IMAGES, ["image_id", *common])
     rejects = _read(out, REJECTS, ["source", "kind", "stage", "reason", "retryable", "attempts"])
     parts = [f"<h1>Curation report: {html.escape(str(out))}</h1>"]
     totals = [
@@ -260,7 +259,7 @@ def write_report(out_dir: str | Path, config: Config, top: int = 8) -> Path:
         parts.append(reasons_table(df))
         if name == "clips":
             parts.append(bucket_tables(df, config.train.frame_counts, config.train.fps_values))
-        parts.append("<h3>near-duplicates</h3>" + near_duplicate_groups(df, id_column, name))
+            parts.append("<h3>near-duplicates</h3>" + near_duplicate_groups(df))
         parts.append(_sheets(df, top, id_column, name))
         parts.append(reason_examples(df, id_column))
     parts.append("<h2>rejects</h2>")

@@ -22,7 +22,6 @@ from curation.captioner import input_caption_source
 from curation.keyframes import encode_jpeg
 from curation.media import encode_clips, storage_size
 from curation.probe import Rejected, check_frame_size, probe_video
-from curation.scorers.fingerprint import image_fingerprint
 from curation.scorers.subject import subject_share
 from curation.sources import MediaItem, read_bytes, read_caption, resolve
 from curation.split import clip_from_segment
@@ -136,7 +135,6 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
             "width": width,
             "height": height,
             "subject": subject_share(small),
-            "fingerprint": image_fingerprint(small).tolist(),
             **_crops(width, height, config.stages),
             "thumbnail": thumb,
             "image": data,

@@ -41,8 +41,8 @@ DECISION_FIELDS = [
     pa.field("weight", pa.float32()),
     pa.field("split", pa.string()),  # "train" | "val" (curation.decisions.split_of)
 ]
-# A clip's or image's decision beside those: the id of the copy kept when this row shows the
-# same footage or picture as another (curation.near_duplicates), else null.
+# A clip's decision beside those: the clip_id of the copy kept when this clip shows the same
+# footage as another (curation.near_duplicates), else null.
 NEAR_DUPLICATE_FIELD = pa.field("near_duplicate_of", pa.string())
 # The validation rows when train.val_where is unset: training never draws them.
 VAL_ROWS = "split = 'val'"
@@ -96,16 +96,12 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("subject", pa.float32()),
         pa.field("caption_source", pa.string()),  # input | model:<name> | none
         pa.field("clip_embedding", CLIP_EMBEDDING),
-        # the picture's fingerprint in each of the three keyframe slots (curation.worker), so
-        # images and clips share the column type and the near-duplicate threshold
-        pa.field("fingerprint", FINGERPRINT),
         pa.field("bucket", pa.string()),
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),
         pa.field("thumbnail", pa.binary()),
         pa.field("image", pa.large_binary(), metadata=BLOB),  # the original encoded bytes
         *DECISION_FIELDS,
-        NEAR_DUPLICATE_FIELD,
     ]
 )
 

@@ -1,7 +1,6 @@
-"""The peers' curation signals through the CLI on real encoded videos and images:
-camera-motion classes, near-duplicates (re-encoded, cropped, brightened and re-timed copies
-caught; another shot of the same scene not; the same for copies of a picture), the report's
-new sections, and ``curate search``."""
+"""The peers' curation signals through the CLI on real encoded videos: camera-motion classes,
+near-duplicates (re-encoded, cropped, brightened and re-timed copies caught; another shot of
+the same scene not), the report's new sections, and ``curate search``."""
 
 from __future__ import annotations
 
@@ -63,20 +62,18 @@ def _clips(out: Path) -> dict[str, dict]:
     return {Path(r["source"]).stem: r for r in rows.to_pylist()}
 
 
-def _check_groups(rows: dict[str, dict], copies: list[str] = COPIES,
-                  others: tuple[str, ...] = ("same_scene", "zoom", "tilt"), key: str = "clip_id") -> None:
-    """``copies`` form one group that keeps its best row; ``others`` copy nothing."""
-    assert set(rows) >= set(copies) | set(others), sorted(rows)
-    kept = [name for name in copies if rows[name]["near_duplicate_of"] is None]
-    assert len(kept) == 1, {n: rows[n]["near_duplicate_of"] for n in copies}
-    keeper = rows[kept[0]]
-    for name in copies:
+def _check_groups(clips: dict[str, dict]) -> None:
+    assert set(clips) >= set(COPIES) | {"same_scene", "zoom", "tilt"}, sorted(clips)
+    kept = [name for name in COPIES if clips[name]["near_duplicate_of"] is None]
+    assert len(kept) == 1, {n: clips[n]["near_duplicate_of"] for n in COPIES}
+    keeper = clips[kept[0]]
+    for name in COPIES:
         if name != kept[0]:
-            assert rows[name]["near_duplicate_of"] == keeper[key], name
-            assert not rows[name]["keep"] and rows[name]["drop_reason"] == f"near_duplicate of {keeper[key]}"
-            assert rows[name]["aesthetic"] <= keeper["aesthetic"]  # the best copy is the one kept
-    for name in others:
-        assert rows[name]["near_duplicate_of"] is None, name
+            assert clips[name]["near_duplicate_of"] == keeper["clip_id"], name
+            assert not clips[name]["keep"] and clips[name]["drop_reason"] == f"near_duplicate of {keeper['clip_id']}"
+            assert clips[name]["aesthetic"] <= keeper["aesthetic"]  # the best copy is the one kept
+    for name in ("same_scene", "zoom", "tilt"):
+        assert clips[name]["near_duplicate_of"] is None, name
 
 
 def test_signals_through_the_cli(corpus: Path, tmp_path: Path) -> None:
@@ -252,40 +249,3 @@ def test_burned_in_subtitles_are_measured_and_filtered_through_the_cli(tmp_path:
     assert by_name["clean"]["keep"], by_name["clean"]
     for i in (0, 1):
         assert by_name[f"subtitled{i}"]["drop_reason"].startswith("text_area "), by_name[f"subtitled{i}"]
-
-
-def test_copies_of_a_picture_are_near_duplicates_and_other_pictures_are_not(tmp_path: Path) -> None:
-    """Images get fingerprints too: a smaller, more compressed, 4% cropped, brighter and PNG
-    copy of a photograph join the original's group; the same photograph framed on its left
-    half, and other pictures, do not. Through the CLI, with the report's groups."""
-    picture = Image.fromarray(_picture()).resize((640, 400))
-    folder = tmp_path / "pictures"
-    folder.mkdir()
-    w, h = picture.size
-    versions = {
-        "original.jpg": picture,
-        "copy_smaller.jpg": picture.resize((w // 2, h // 2)),
-        "copy_cropped.jpg": picture.crop((int(w * 0.02), int(h * 0.02), int(w * 0.98), int(h * 0.98))),
-        "copy_brighter.jpg": Image.fromarray(np.clip(np.asarray(picture).astype(int) + 25, 0, 255).astype(np.uint8)),
-        "copy_png.png": picture,
-        "same_scene.jpg": picture.crop((0, 0, w // 2, h)).resize((w, h)),
-        "other1.jpg": Image.fromarray(photo_like(400, 640, seed=11)),
-        "other2.jpg": Image.fromarray(photo_like(400, 640, seed=12)),
-    }
-    for name, image in versions.items():
-        image.save(folder / name, quality=40 if name == "copy_smaller.jpg" else 90)
-    manifest = folder / "manifest.csv"
-    manifest.write_text("path,caption\n" + "".join(f"{folder / n},a picture\n" for n in versions))
-    out = tmp_path / "out"
-    _curate(manifest, out)
-    rows = open_curated(out / "images.lance").to_table(columns=["image_id", "source", "near_duplicate_of", "keep",
-                                                                "drop_reason", "aesthetic"]).to_pylist()
-    images = {Path(r["source"]).stem: r for r in rows}
-    assert set(images) == {Path(n).stem for n in versions}, sorted(images)
-    _check_groups(images, ["original", "copy_smaller", "copy_cropped", "copy_brighter", "copy_png"],
-                  ("same_scene", "other1", "other2"), key="image_id")
-
-    run = subprocess.run([sys.executable, "-m", "pipeline", "curate", "report", str(out), "--preset", "tiny"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "4 copies defer to 1 kept image." in (out / "report.html").read_text()

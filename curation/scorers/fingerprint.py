@@ -8,9 +8,8 @@ term, dropped, is the brightness; the norm, divided out, is the contrast). This 
 perceptual hash's input (pHash keeps only the signs; the vector keeps the amounts, so that a
 vector index can rank by distance). A clip's fingerprint is its keyframes' fingerprints side
 by side, scaled so that the dot product of two clips is the mean of their keyframes' cosine
-similarities. An image's fingerprint is its one frame's in every keyframe slot, which leaves
-its cosine with another image that of the two frames: images and clips share the column type
-and the threshold.
+similarities. A picture asked about in ``curate search`` gets its one frame's fingerprint in
+every keyframe place, which leaves its cosine with a clip the mean over the clip's keyframes.
 """
 
 from __future__ import annotations
@@ -44,5 +43,5 @@ def clip_fingerprint(frame_fingerprints: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def image_fingerprint(rgb: np.ndarray) -> np.ndarray:
-    """A picture's fingerprint in the stored layout: its frame's in each keyframe slot."""
+    """A picture's fingerprint in the clips' layout: its frame's in each keyframe place."""
     return clip_fingerprint([frame_fingerprint(rgb)] * KEYFRAMES)
