@@ -6,11 +6,10 @@ A pair of clips whose keyframes agree on average by at least ``min_similarity`` 
 a copy, unless both clips have a CLIP embedding (``clip_embedding``, curated with CLIP
 weights) and those agree by less than ``min_clip_similarity``: the fingerprint sees only
 the layout of light and dark, CLIP what the frames show, so the pair must match on both. A
-clip without an embedding is judged on its fingerprint alone. Copies are joined into
-groups (a chain of copies is one group), and each group keeps its best clip: the highest
-aesthetic score, then the most pixels, then the most frames, then the smallest id (so
-reruns agree). The others are marked ``near_duplicate_of`` the kept one, which finalize
-turns into their drop reason.
+clip without an embedding is judged on its fingerprint alone. The clips are then taken best
+first (the highest aesthetic score, then the most pixels, then the most frames, then the
+smallest id, so reruns agree): a clip that no kept clip copies is kept, and its own copies
+are marked ``near_duplicate_of`` it, which finalize turns into their drop reason.
 
 How pairs are found. A table of fewer than ``index_min_rows`` clips is one partition, and
 every clip is compared with every other by a blocked matrix product: exact. A larger table
@@ -68,7 +67,7 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
     pairs = _search(str(uri), ds.version, fragments, centroids, cfg)
     if not pairs:
         return {}
-    return _keepers(ds, _groups(pairs))
+    return _keepers(ds, pairs)
 
 
 def has_index(ds: lance.LanceDataset, column: str = COLUMN) -> bool:
@@ -233,31 +232,21 @@ def _matrix(vectors: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.list_flatten(vectors).to_numpy().astype(np.float32).reshape(len(vectors), vectors.type.list_size)
 
 
-def _groups(pairs: set[Pair]) -> list[list[str]]:
-    """Connected groups of the copy pairs (union-find)."""
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+def _keepers(ds: lance.LanceDataset, pairs: set[Pair]) -> dict[str, str]:
+    """Which clip each copy defers to. The clips of the pairs are taken best first (the
+    highest aesthetic score, then the most pixels, then the most frames, then the smallest
+    id); one that no kept clip copies is kept, and its copies not yet decided defer to it.
+    A copy must match its kept clip itself: grouping chains instead (A like B, B like C, C
+    unlike A) would let one clip stand for footage that only resembles it at one remove,
+    and collapse a dense cloud of similar shots into a single kept clip. The ranking
+    columns are read whole and filtered in Arrow: a filter naming every copy would grow
+    with them."""
+    partners: dict[str, list[str]] = {}
     for a, b in sorted(pairs):
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    members: dict[str, list[str]] = {}
-    for x in parent:
-        members.setdefault(root(x), []).append(x)
-    return list(members.values())
-
-
-def _keepers(ds: lance.LanceDataset, groups: list[list[str]]) -> dict[str, str]:
-    """Each group's best clip, and the others pointing at it. The ranking columns are read
-    whole and filtered in Arrow: a filter string naming every copy would grow with them."""
+        partners.setdefault(a, []).append(b)
+        partners.setdefault(b, []).append(a)
     table = ds.to_table(columns=["clip_id", "aesthetic", "video_width", "video_height", "num_frames"])
-    wanted = pa.array(sorted({x for group in groups for x in group}), pa.string())
+    wanted = pa.array(sorted(partners), pa.string())
     by_id = {row["clip_id"]: row for row in table.filter(pc.is_in(table.column("clip_id"), value_set=wanted)).to_pylist()}
 
     def rank(clip_id: str) -> tuple:
@@ -266,9 +255,13 @@ def _keepers(ds: lance.LanceDataset, groups: list[list[str]]) -> dict[str, str]:
         return (-aesthetic, -(row["video_width"] * row["video_height"]), -row["num_frames"], clip_id)
 
     copies: dict[str, str] = {}
-    for group in groups:
-        ranked = sorted((x for x in group if x in by_id), key=rank)
-        for other in ranked[1:]:
-            copies[other] = ranked[0]
-    log.info("near-duplicates: %d copies in %d groups", len(copies), len(groups))
+    kept: set[str] = set()
+    for clip_id in sorted(by_id, key=rank):
+        if clip_id in copies:
+            continue
+        kept.add(clip_id)
+        for other in partners[clip_id]:
+            if other in by_id and other not in copies and other not in kept:
+                copies[other] = clip_id
+    log.info("near-duplicates: %d copies of %d kept clips", len(copies), len(set(copies.values())))
     return copies

@@ -2,7 +2,8 @@
 IVF k-means, each compared by one matrix product, in Ray tasks (a shuffle through the object
 store) or in one process. Planted copies sit at cosine 0.91, just over the 0.9 threshold,
 so that some of them fall in another partition than their original's: the search must
-find those through the partitions it probes."""
+find those through the partitions it probes. And a copy defers only to a kept clip it
+matches itself, never through a chain."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 import lance
+import numpy as np
+import pyarrow as pa
 
 from curation.near_duplicates import has_index, near_duplicates
 from pipeline.config.schema import NearDuplicatesConfig
@@ -51,3 +54,31 @@ def test_the_search_without_ray_finds_the_same(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-c", code, str(uri)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.splitlines()[-1]) == planted
+
+
+def _chain_table(uri: Path, best: str) -> None:
+    """Three clips in a chain: a and b agree by 0.95, b and c by 0.95, a and c by only 0.805
+    (each a step of the same angle in one plane); ``best`` has the highest aesthetic."""
+    from pipeline.tables import FINGERPRINT
+
+    step = np.arccos(0.95)
+    rows = []
+    for k, clip_id in enumerate("abc"):
+        vector = np.zeros(FINGERPRINT.list_size, np.float32)
+        vector[:2] = np.cos(k * step), np.sin(k * step)
+        rows.append({"clip_id": clip_id, "fingerprint": vector, "aesthetic": 6.0 if clip_id == best else 5.0 - k * 0.1,
+                     "video_width": 320, "video_height": 180, "num_frames": 48})
+    schema = pa.schema([("clip_id", pa.string()), ("fingerprint", FINGERPRINT), ("aesthetic", pa.float32()),
+                        ("video_width", pa.int32()), ("video_height", pa.int32()), ("num_frames", pa.int32())])
+    lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), str(uri), mode="overwrite")
+
+
+def test_a_copy_defers_only_to_a_kept_clip_it_matches_itself(tmp_path: Path) -> None:
+    """A chain of matches is not one group: with a the best, b defers to a, and c, which
+    matches only b, is kept; with b the best, both defer to it."""
+    uri = tmp_path / CLIPS
+    assert NearDuplicatesConfig().min_similarity < 0.95 and NearDuplicatesConfig().min_similarity > 0.805
+    _chain_table(uri, best="a")
+    assert near_duplicates(uri, NearDuplicatesConfig()) == {"b": "a"}
+    _chain_table(uri, best="b")
+    assert near_duplicates(uri, NearDuplicatesConfig()) == {"a": "b", "c": "b"}
