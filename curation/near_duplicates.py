@@ -25,8 +25,9 @@ task per group compares them (at most ``GROUPS_PER_CPU`` x the cluster's CPUs of
 the objects number at most the square of that); the driver holds only references and
 receives only the pairs. A query clip travels once per partition it visits, with its
 fingerprint and CLIP embedding, so the object store holds about ``partitions_probed``
-copies of those two columns while the search runs. The table also gets a Lance IVF_FLAT index on the fingerprints (built once, then
-extended with each run's new fragments), which ``curate search`` queries.
+copies of those two columns while the search runs. The table also gets a Lance IVF_FLAT
+index on the fingerprints (built once, then extended with each run's new fragments), which
+``curate search`` queries.
 """
 
 from __future__ import annotations
