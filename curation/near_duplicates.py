@@ -61,9 +61,10 @@ def near_duplicates(uri: Path, cfg: NearDuplicatesConfig) -> dict[str, str]:
     measured = ds.count_rows(filter=f"{COLUMN} IS NOT NULL")
     if measured < 2:
         return {}
-    _index(ds, measured, cfg)
-    ds = lance.dataset(str(uri))
     centroids = _centroids(ds, measured, cfg)
+    if centroids is not None:
+        _index(ds, centroids)
+        ds = lance.dataset(str(uri))
     fragments = [f.fragment_id for f in ds.get_fragments()]
     pairs = _search(str(uri), ds.version, fragments, centroids, cfg)
     if not pairs:
@@ -76,21 +77,16 @@ def has_index(ds: lance.LanceDataset, column: str = COLUMN) -> bool:
     return any(index["fields"] == [column] for index in ds.list_indices())
 
 
-def _index(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig) -> None:
-    """Build ``curate search``'s IVF index on a table large enough for one, or add the new
-    fragments to the index it has."""
-    if measured < cfg.index_min_rows:
-        return
+def _index(ds: lance.LanceDataset, centroids: np.ndarray) -> None:
+    """Build ``curate search``'s IVF index on the search's own centroids (k-means runs
+    once), or add the new fragments to the index the table has."""
     if has_index(ds):
         ds.optimize.optimize_indices()
     else:
         # IVF_FLAT: exact distances within the probed partitions (PQ's approximation would
-        # blur the very similarities the threshold reads); sqrt(n) partitions is the usual size.
-        ds.create_index(COLUMN, index_type="IVF_FLAT", metric="l2", num_partitions=_partition_count(measured))
-
-
-def _partition_count(measured: int) -> int:
-    return max(2, int(math.sqrt(measured)))
+        # blur the very similarities the threshold reads).
+        ds.create_index(COLUMN, index_type="IVF_FLAT", metric="l2", num_partitions=len(centroids),
+                        ivf_centroids=centroids)
 
 
 def _centroids(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig) -> Optional[np.ndarray]:
@@ -100,7 +96,7 @@ def _centroids(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig)
         return None
     from lance.indices import IndicesBuilder
 
-    partitions = _partition_count(measured)
+    partitions = max(2, int(math.sqrt(measured)))  # sqrt(n) partitions, the usual IVF size
     # Lance samples partitions x sample_rate rows and wants at least that many (256 is its default).
     sample_rate = max(2, min(256, measured // partitions))
     model = IndicesBuilder(ds, COLUMN).train_ivf(partitions, distance_type="l2", sample_rate=sample_rate)

@@ -708,9 +708,6 @@ def write_planted_fingerprints(uri: Path, rows: int, copies: int, seed: int = 0,
     ``{copy: original}``, which is exactly what the finder should report (the originals
     score higher). Random vectors spread evenly over the sphere, so any two other clips
     agree by about 0 +- 0.07."""
-    import lance
-    import pyarrow as pa
-
     from pipeline.tables import FINGERPRINT
 
     rng = np.random.default_rng(seed)
@@ -722,12 +719,26 @@ def write_planted_fingerprints(uri: Path, rows: int, copies: int, seed: int = 0,
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     vectors[rows // 2 + np.arange(copies)] = cosine * vectors[originals] + math.sqrt(1 - cosine**2) * noise
     ids = [f"c{i:08d}" for i in range(rows)]
+    write_fingerprint_table(uri, ids, vectors, np.where(np.arange(rows) < rows // 2, 6.0, 5.0), fragments)
+    return {ids[rows // 2 + i]: ids[o] for i, o in enumerate(originals)}
+
+
+def write_fingerprint_table(uri: Path, ids: list[str], vectors: np.ndarray, aesthetic: np.ndarray,
+                            fragments: int = 1) -> None:
+    """A clips table holding only the columns the near-duplicate finder reads: the given
+    ids, fingerprints and aesthetic scores, and one size for every clip."""
+    import lance
+    import pyarrow as pa
+
+    from pipeline.tables import FINGERPRINT
+
+    rows = len(ids)
     table = pa.table({
         "clip_id": ids,
-        "fingerprint": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), FINGERPRINT.list_size),
-        "aesthetic": pa.array(np.where(np.arange(rows) < rows // 2, 6.0, 5.0), pa.float32()),
+        "fingerprint": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()),
+                                                         FINGERPRINT.list_size),
+        "aesthetic": pa.array(aesthetic, pa.float32()),
         "video_width": pa.array([320] * rows, pa.int32()), "video_height": pa.array([180] * rows, pa.int32()),
         "num_frames": pa.array([48] * rows, pa.int32()),
     })
     lance.write_dataset(table, str(uri), mode="overwrite", max_rows_per_file=max(1, -(-rows // fragments)))
-    return {ids[rows // 2 + i]: ids[o] for i, o in enumerate(originals)}

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import lance
 import numpy as np
-import pyarrow as pa
 
 from curation.near_duplicates import has_index, near_duplicates
 from pipeline.config.schema import NearDuplicatesConfig
-from pipeline.tables import CLIPS
-from support.synthetic import write_planted_fingerprints
+from pipeline.tables import CLIPS, FINGERPRINT
+from support.synthetic import write_fingerprint_table, write_planted_fingerprints
 
 ROWS, COPIES, COSINE = 3000, 300, 0.91
 PARTITIONED = NearDuplicatesConfig(index_min_rows=1000)  # sqrt(3000): 54 partitions
@@ -59,18 +58,11 @@ def test_the_search_without_ray_finds_the_same(tmp_path: Path) -> None:
 def _chain_table(uri: Path, best: str) -> None:
     """Three clips in a chain: a and b agree by 0.95, b and c by 0.95, a and c by only 0.805
     (each a step of the same angle in one plane); ``best`` has the highest aesthetic."""
-    from pipeline.tables import FINGERPRINT
-
     step = np.arccos(0.95)
-    rows = []
-    for k, clip_id in enumerate("abc"):
-        vector = np.zeros(FINGERPRINT.list_size, np.float32)
-        vector[:2] = np.cos(k * step), np.sin(k * step)
-        rows.append({"clip_id": clip_id, "fingerprint": vector, "aesthetic": 6.0 if clip_id == best else 5.0 - k * 0.1,
-                     "video_width": 320, "video_height": 180, "num_frames": 48})
-    schema = pa.schema([("clip_id", pa.string()), ("fingerprint", FINGERPRINT), ("aesthetic", pa.float32()),
-                        ("video_width", pa.int32()), ("video_height", pa.int32()), ("num_frames", pa.int32())])
-    lance.write_dataset(pa.Table.from_pylist(rows, schema=schema), str(uri), mode="overwrite")
+    vectors = np.zeros((3, FINGERPRINT.list_size), np.float32)
+    vectors[:, 0], vectors[:, 1] = np.cos(np.arange(3) * step), np.sin(np.arange(3) * step)
+    aesthetic = np.array([6.0 if clip_id == best else 5.0 - k * 0.1 for k, clip_id in enumerate("abc")])
+    write_fingerprint_table(uri, list("abc"), vectors, aesthetic)
 
 
 def test_a_copy_defers_only_to_a_kept_clip_it_matches_itself(tmp_path: Path) -> None:
