@@ -19,9 +19,9 @@ sample. Each clip belongs to its nearest centroid's partition and also visits th
 other's partition. Each partition's comparisons are one matrix product of its visitors
 against its members: Lance's own batch query through an IVF index answered one query at a
 time (9.5 ms each), which made it slower than a flat scan below about 140,000 clips.
-With Ray running this is a shuffle through the object store: a task per run of fragments
-assigns their clips and returns one block per group of partitions (``num_returns``), and a
-task per group compares them (at most ``GROUPS_PER_CPU`` x the cluster's CPUs of each, so
+With Ray running, a partitioned table's search is a shuffle through the object store: a
+task per run of fragments assigns their clips and returns one block per group of partitions
+(``num_returns``), and a task per group compares them (at most ``GROUPS_PER_CPU`` x the cluster's CPUs of each, so
 the objects number at most the square of that); the driver holds only references and
 receives only the pairs. A query clip travels once per partition it visits, with its
 fingerprint and CLIP embedding, so the object store holds about ``partitions_probed``
@@ -105,24 +105,25 @@ def _centroids(ds: lance.LanceDataset, measured: int, cfg: NearDuplicatesConfig)
 
 def _search(uri: str, version: int, fragments: list[int], centroids: Optional[np.ndarray],
             cfg: NearDuplicatesConfig) -> set[Pair]:
-    """The copy pairs of the whole table: in Ray tasks when Ray runs, else here."""
+    """The copy pairs of the whole table: a partitioned table's in Ray tasks when Ray runs,
+    else here. One partition (under ``index_min_rows`` clips, so the driver's load is
+    bounded) is compared here even with Ray: it would be one task anyway, and a small job's
+    finalize waited 2.0 s of its 2.2 s on starting Ray workers for it (24 clips, 2 cores)."""
     import ray
 
-    if not ray.is_initialized():
+    if centroids is None or not ray.is_initialized():
         return _compare(cfg, *_assign(uri, version, fragments, centroids, cfg.partitions_probed, 1))
     from pipeline.ray_runtime import cluster_cpus
 
     tasks = GROUPS_PER_CPU * cluster_cpus()
-    groups = 1 if centroids is None else min(len(centroids), tasks)
-    assign = ray.remote(num_cpus=1, num_returns=groups)(_assign_blocks)
+    groups = min(len(centroids), tasks)  # at least 2: so is each
+    assign = ray.remote(num_cpus=1, num_returns=groups)(_assign)
     compare = ray.remote(num_cpus=1)(_compare)
     centroids_ref = ray.put(centroids)
     # At most ``tasks`` assigning tasks, each over a run of fragments: the shuffle makes one
     # object per assigning task and group.
     runs = [run.tolist() for run in np.array_split(np.asarray(fragments), min(len(fragments), tasks))]
     blocks = [assign.remote(uri, version, run, centroids_ref, cfg.partitions_probed, groups) for run in runs]
-    if groups == 1:  # one return is the block itself, not a list of references
-        blocks = [[b] for b in blocks]
     found = ray.get([compare.remote(cfg, *[b[g] for b in blocks]) for g in range(groups)])
     return set().union(*found)
 
@@ -148,13 +149,6 @@ def _assign(uri: str, version: int, fragments: list[int], centroids: Optional[np
         "member", pa.array(np.tile(np.arange(visits.shape[1]) == 0, table.num_rows)))
     group_of = visits.ravel() % groups
     return [visited.filter(pa.array(group_of == g)) for g in range(groups)]
-
-
-def _assign_blocks(*args) -> pa.Table | list[pa.Table]:
-    """``_assign`` as a Ray task returns it: with ``num_returns=1`` Ray stores the return
-    value as one object, so a single group's block is returned bare."""
-    blocks = _assign(*args)
-    return blocks[0] if len(blocks) == 1 else blocks
 
 
 def _compare(cfg: NearDuplicatesConfig, *blocks: pa.Table) -> set[Pair]:
