@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from curation.decisions import balancing_weights, keep_and_reasons, split_of
 from curation.near_duplicates import near_duplicates
+from pipeline.compaction import compact
 from pipeline.config.schema import Config, CurationConfig
 from pipeline.tables import (
     CLIPS, CLIPS_SCHEMA, CURATED_VERSIONS, DECISION_FIELDS, IMAGES, IMAGES_SCHEMA, NEAR_DUPLICATE_FIELD, REJECTS,
@@ -164,7 +165,7 @@ def _decide(uri: Path, name: str, curation: CurationConfig, copies: Optional[dic
         _step_done(f"drop {name}")
         ds = lance.dataset(str(uri))
     ds.merge(decisions, left_on=key)
-    lance.dataset(str(uri)).optimize.compact_files()
+    compact(uri)  # on the cluster's workers when large (pipeline.compaction)
     dropped = Counter(r.split(" ")[0] for r in reasons if r)
     figures: dict[str, Any] = {
         "rows": len(scores),

@@ -71,6 +71,7 @@ class Progress:
     counts: Counter = field(default_factory=Counter)
     first_at: Optional[float] = None  # when the first unit's record came: the workers were up
     at_first: Counter = field(default_factory=Counter)  # the sums as of that record
+    ended: Optional[float] = None  # when the pipeline's last record came: finalize is not its work
 
     def add(self, record: dict[str, Any]) -> None:
         for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s", "caption_s"):
@@ -78,8 +79,11 @@ class Progress:
         if self.first_at is None:
             self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
 
+    def end(self) -> None:
+        self.ended = time.monotonic()
+
     def throughput(self) -> dict[str, Optional[float]]:
-        now = time.monotonic()
+        now = self.ended or time.monotonic()
         wall = max(now - self.started, 1e-9)
         c = self.counts
         figures: dict[str, Optional[float]] = {
@@ -274,11 +278,14 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
             bar.set_postfix_str(run.line(), refresh=False)
 
         _work(inputs, plan, out, config, take, committer)
+        run.end()
         bar.close()
+    finalizing = time.monotonic()
     summary = finalize(out, config)
+    finalize_s = time.monotonic() - finalizing
     summary["this_run"] = {**{k: run.counts[k] for k in ("clips", "images", "rejects", "files")},
                            "skipped": plan.skipped, "video_seconds": round(run.counts["video_seconds"], 2),
                            "work_s": round(run.counts["work_s"], 2)}
-    summary["throughput"] = run.throughput()
+    summary["throughput"] = {**run.throughput(), "finalize_s": round(finalize_s, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -207,8 +207,9 @@ def _sheets(df: pd.DataFrame, top: int, id_column: str, what: str) -> str:
 def throughput_table(summary: dict) -> str:
     """The last run's throughput per stage, as ``summary.json`` holds it."""
     labels = {
-        "wall_s": "wall time after planning (s)",
-        "video_seconds_per_s": "video-seconds per second (whole job)",
+        "wall_s": "pipeline wall time, from planning to its last unit (s)",
+        "finalize_s": "finalize: duplicates, decisions, compaction (s)",
+        "video_seconds_per_s": "video-seconds per second (whole pipeline)",
         "clips_per_s": "clips per second",
         "images_per_s": "images per second",
         "files_per_s": "inputs per second",

@@ -171,10 +171,10 @@ def _committed(uri: Path) -> bool:
 def encode_stage(data_dir: str | Path, config: Config, stage: str, overwrite: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     """Encode every kept row of the curated tables for ``stage`` that is not encoded yet."""
-    import lance
     import ray
     from tqdm import tqdm
 
+    from pipeline.compaction import compact
     from pipeline.ray_runtime import init_ray
 
     data = Path(data_dir)
@@ -216,7 +216,7 @@ def encode_stage(data_dir: str | Path, config: Config, stage: str, overwrite: bo
     if pending:
         _append(uri, pending, schema, summary)
     bar.close()
-    lance.dataset(str(uri)).optimize.compact_files()
+    compact(uri)
     return summary
 
 
