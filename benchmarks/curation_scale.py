@@ -32,6 +32,12 @@ Figures, all measured in one run on the same machine (ratios survive a noisy one
   6,000) keep the difference between the two runs several seconds long: with 1,000 and
   3,000 small images it had shrunk to under a second, less than the 1-3 s by which two
   runs' start-ups differ, and the marginal rate came out faster than the work alone;
+- the same share counted inside each job (``in_job_share_outside_work``, and
+  ``steady_share_outside_work`` in every job's throughput): after the first unit, the cores'
+  time less the per-file work's and the scoring's CPU seconds, as the sandboxes and scorers
+  measured them. The comparisons with the work alone set two runs minutes apart against
+  each other, and this machine's speed drifts by 20% in minutes (the work alone gave 505
+  and 606 small images per CPU-second in two runs of one day); this one does not;
 - with ``--two-node``: the second-largest corpus again on a local two-node cluster
   (``pipeline.local_cluster``, each node with half the cores), its wall time, the nodes its
   tasks ran on, and whether its tables equal the single-node run's.
@@ -248,6 +254,9 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
         "share_outside_vs_parallel_alone": round(1 - alone_parallel_per_image / marginal_s, 3),
         "pipeline_images_per_s": full["throughput"]["images_per_s"],
     }
+    # Counted inside the job itself: the share of the cores' time after start-up outside
+    # the work's and the scoring's own CPU seconds (no other run to drift against).
+    figures["in_job_share_outside_work"] = full["throughput"].get("steady_share_outside_work")
     steady = full["throughput"].get("steady_images_per_s")  # the job's own rate after its first unit
     if steady:
         figures["steady_images_per_s"] = steady

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from curation.finalize import committed, finalize
 from curation.plan import Plan, unfinished, unit_ranges, write_plan
 from curation.sandbox import one_line
-from curation.stages import TABLE_SCHEMAS, FileStage, GpuModelStage, lost_rows, write_fragments
+from curation.stages import SUMMED, TABLE_SCHEMAS, FileStage, GpuModelStage, lost_rows, write_fragments
 from pipeline.config.schema import Config
 from pipeline.ray_runtime import cluster_cpus, find_in_chain, init_ray
 from pipeline.tables import CURATED_VERSIONS
@@ -72,9 +72,10 @@ class Progress:
     first_at: Optional[float] = None  # when the first unit's record came: the workers were up
     at_first: Counter = field(default_factory=Counter)  # the sums as of that record
     ended: Optional[float] = None  # when the pipeline's last record came: finalize is not its work
+    cores: int = 0  # the cluster's CPUs, once Ray is up
 
     def add(self, record: dict[str, Any]) -> None:
-        for key in ("clips", "images", "rejects", "files", "video_seconds", "work_s", "aesthetic_s", "caption_s"):
+        for key in ("clips", "images", "rejects", "files", *SUMMED):
             self.counts[key] += record[key]
         if self.first_at is None:
             self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
@@ -103,6 +104,12 @@ class Progress:
         steady = now - self.first_at if self.first_at and c["files"] > self.at_first["files"] else 0.0
         for key in ("files", "video_seconds", "images"):
             figures[f"steady_{key}_per_s"] = round((c[key] - self.at_first[key]) / steady, 3) if steady else None
+        # The share of the cores' time after start-up that went to anything but the per-file
+        # work and the scoring, both counted in CPU seconds where they ran: measured in the
+        # same seconds as the job, so a machine whose speed drifts between runs cannot skew
+        # it as it skews a comparison with the work timed alone in another run.
+        work = sum(c[key] - self.at_first[key] for key in ("work_cpu_s", "aesthetic_cpu_s"))
+        figures["steady_share_outside_work"] = round(1 - work / (steady * self.cores), 3) if steady and self.cores else None
         return figures
 
     def line(self) -> str:
@@ -263,6 +270,7 @@ def curate(inputs: list[str], out_dir: str | Path, config: Config, progress: boo
     run = Progress()
     if todo:
         init_ray()
+        run.cores = cluster_cpus()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the job draws its own, with its throughput
         # A range is a few numbers and its media sit on shared storage: a worker near the

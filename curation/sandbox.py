@@ -67,7 +67,8 @@ class Outcome:
     reject: Optional[tuple[str, str]] = None
     retryable: bool = False
     attempts: int = 1
-    work_s: float = 0.0
+    work_s: float = 0.0  # wall seconds from the file's start in the child to its answer
+    work_cpu_s: float = 0.0  # the child's CPU seconds on it (a killed child's are unknown: 0)
 
 
 @dataclass
@@ -88,7 +89,8 @@ Work = Callable[[MediaItem, Config], tuple[list[dict[str, Any]], float]]
 
 def _serve(conn: Connection, work: Work, config: Config) -> None:
     """The child's loop: a list of items in, one result or failure out per item as each
-    ends (the parent times each from the previous one's answer), until the pipe closes."""
+    ends, with the CPU seconds the child spent on it (the parent times each in wall time
+    from the previous one's answer), until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the child stops
     cv2.setNumThreads(1)  # the pool's workers, one per core, are the parallelism (see stages)
     keep_freed_memory()  # each input's buffers reuse the last one's pages (pipeline.allocator)
@@ -99,7 +101,9 @@ def _serve(conn: Connection, work: Work, config: Config) -> None:
         except EOFError:
             return
         for item in items:
-            conn.send(_work_on(item, work, config))
+            started = time.process_time()
+            result = _work_on(item, work, config)
+            conn.send((result, time.process_time() - started))
 
 
 def _work_on(item: MediaItem, work: Work, config: Config) -> Any:
@@ -145,26 +149,30 @@ class Sandbox:
         outcomes: dict[int, Outcome] = {}
         attempts = [0] * len(items)
         work_s = [0.0] * len(items)
+        work_cpu_s = [0.0] * len(items)
         todo, again, rounds = list(range(len(items))), [], 0
         while todo:
             answered = self._stream([items[i][0] for i in todo])
-            for i, (result, seconds) in zip(todo, answered):
+            for i, (result, seconds, cpu) in zip(todo, answered):
                 if isinstance(result, _CodeError):
                     raise CurationCodeError(f"curation's per-file code is broken (on {items[i][0].uri}):\n"
                                             f"{result.traceback}")
                 attempts[i] += 1
                 work_s[i] += seconds
+                work_cpu_s[i] += cpu
                 item, prior = items[i]
                 if not isinstance(result, _Failure):
                     rows, length = result
-                    outcomes[i] = Outcome(rows, length, attempts=prior + attempts[i], work_s=work_s[i])
+                    outcomes[i] = Outcome(rows, length, attempts=prior + attempts[i], work_s=work_s[i],
+                                          work_cpu_s=work_cpu_s[i])
                 elif result.transient and attempts[i] <= self.cfg.max_retries:
                     log.warning("%s: %s; trying again", item.uri, result.reason)
                     again.append(i)
                 else:
                     gave_up = f" (after {attempts[i]} tries)" if result.transient else ""
                     outcomes[i] = Outcome([], reject=(result.stage, result.reason + gave_up),
-                                          retryable=result.retryable, attempts=prior + attempts[i], work_s=work_s[i])
+                                          retryable=result.retryable, attempts=prior + attempts[i], work_s=work_s[i],
+                                          work_cpu_s=work_cpu_s[i])
             todo = todo[len(answered):]
             if not todo and again:
                 rounds += 1
@@ -191,9 +199,9 @@ class Sandbox:
                 self._process.kill()
         self._process = self._conn = None
 
-    def _stream(self, items: list[MediaItem]) -> list[tuple[Any, float]]:
-        """Answers (result or ``_Failure``, seconds of work) for a prefix of ``items``: all of
-        them, or up to the one whose child hung or died."""
+    def _stream(self, items: list[MediaItem]) -> list[tuple[Any, float, float]]:
+        """Answers (result or ``_Failure``, wall seconds of work, the child's CPU seconds) for
+        a prefix of ``items``: all of them, or up to the one whose child hung or died."""
         conn = self._ensure_child()
         try:
             conn.send(items)
@@ -201,18 +209,19 @@ class Sandbox:
             self._kill()
             conn = self._ensure_child()
             conn.send(items)
-        answered: list[tuple[Any, float]] = []
+        answered: list[tuple[Any, float, float]] = []
         for _ in items:
             started = time.monotonic()
             if not conn.poll(self.cfg.file_timeout_s):
                 self._kill()
                 failure = _Failure("worker", f"timed out after {self.cfg.file_timeout_s:g} s of work (decoder hung?)",
                                    transient=False, retryable=False)
-                return answered + [(failure, time.monotonic() - started)]
+                return answered + [(failure, time.monotonic() - started, 0.0)]
             try:
-                answered.append((conn.recv(), time.monotonic() - started))
+                result, cpu = conn.recv()
+                answered.append((result, time.monotonic() - started, cpu))
             except (EOFError, ConnectionError):
-                return answered + [(self._died(), time.monotonic() - started)]
+                return answered + [(self._died(), time.monotonic() - started, 0.0)]
         return answered
 
     def _died(self) -> _Failure:

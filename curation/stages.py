@@ -54,9 +54,13 @@ WORK_FIELDS = [
     pa.field("files", pa.int32()),  # 1 on the first row of each input, else 0
     pa.field("video_seconds", pa.float64()),  # the input's length, on its first row
     pa.field("work_s", pa.float64()),  # the input's work in its sandbox, on its first row
+    pa.field("work_cpu_s", pa.float64()),  # the same in the sandbox's CPU seconds
     pa.field("aesthetic_s", pa.float64()),  # the scorer's time for a batch, on its first row
+    pa.field("aesthetic_cpu_s", pa.float64()),  # the same in the scoring process's CPU seconds
     pa.field("caption_s", pa.float64()),  # the captioner's time for a batch, on its first row
 ]
+# The per-input and per-batch figures the writer sums and the driver adds up.
+SUMMED = ("video_seconds", "work_s", "work_cpu_s", "aesthetic_s", "aesthetic_cpu_s", "caption_s")
 
 
 def _union(*schemas: pa.Schema) -> pa.Schema:
@@ -72,7 +76,7 @@ STAGED_SCHEMA = _union(*TABLE_SCHEMAS.values(), pa.schema(WORK_FIELDS))
 WRITTEN_SCHEMA = pa.schema(
     [pa.field(f"{name}_fragments", pa.string()) for name in TABLE_SCHEMAS]
     + [pa.field(name, pa.int64()) for name in ("clips", "images", "rejects", "files")]
-    + [pa.field(name, pa.float64()) for name in ("video_seconds", "work_s", "aesthetic_s", "caption_s")]
+    + [pa.field(name, pa.float64()) for name in SUMMED]
 )
 
 
@@ -165,7 +169,8 @@ def lost_rows(items: list[dict[str, Any]], reason: str) -> pa.Table:
 
 
 def _outcome_rows(planned: dict[str, Any], outcome: Outcome) -> list[dict[str, Any]]:
-    figures = {"files": 1, "video_seconds": outcome.video_seconds, "work_s": outcome.work_s}
+    figures = {"files": 1, "video_seconds": outcome.video_seconds, "work_s": outcome.work_s,
+               "work_cpu_s": outcome.work_cpu_s}
     if outcome.reject is not None:
         stage, reason = outcome.reject
         return [{"table": REJECTS, "source": planned["source"], "kind": planned["kind"], "stage": stage,
@@ -208,8 +213,8 @@ def _gpu_device() -> str:
 def score(scorer: Any, batch: pa.Table) -> pa.Table:
     """The batch with each media row's aesthetic score, its CLIP embedding when the scorer
     has one (the LAION scorer; the weight-free one leaves it null), and the time scoring
-    took (on the first row); rejects pass through unscored."""
-    started = time.monotonic()
+    took in wall and CPU seconds (on the first row); rejects pass through unscored."""
+    started, started_cpu = time.monotonic(), time.process_time()
     scores: list[Optional[float]] = []
     embeddings: list[Optional[np.ndarray]] = []
     for frames in batch.column("keyframes").to_pylist():
@@ -218,8 +223,11 @@ def score(scorer: Any, batch: pa.Table) -> pa.Table:
         embeddings.append(embedding)
     batch = _set(batch, "aesthetic", pa.array(scores, pa.float32()))
     batch = _set(batch, "clip_embedding", pa.array(embeddings, CLIP_EMBEDDING))
-    spent = [time.monotonic() - started] + [0.0] * (batch.num_rows - 1) if batch.num_rows else []
-    return _set(batch, "aesthetic_s", pa.array(spent, pa.float64()))
+    for name, seconds in (("aesthetic_s", time.monotonic() - started),
+                          ("aesthetic_cpu_s", time.process_time() - started_cpu)):
+        spent = [seconds] + [0.0] * (batch.num_rows - 1) if batch.num_rows else []
+        batch = _set(batch, name, pa.array(spent, pa.float64()))
+    return batch
 
 
 def _score_row(scorer: Any, keyframes: list[bytes]) -> tuple[float, Optional[np.ndarray]]:
@@ -249,6 +257,6 @@ def write_fragments(batch: pa.Table, out: str) -> pa.Table:
         record[name.split(".")[0]] = part.num_rows
         fragments = write(part, f"{out}/{name}", schema=schema) if part.num_rows else []
         record[f"{name}_fragments"] = json.dumps([json.dumps(f.to_json()) for f in fragments])
-    for name in ("files", "video_seconds", "work_s", "aesthetic_s", "caption_s"):
+    for name in ("files", *SUMMED):
         record[name] = pc.sum(batch.column(name)).as_py() or 0
     return pa.Table.from_pylist([record], schema=WRITTEN_SCHEMA)

@@ -53,6 +53,8 @@ def curated(corpus, tmp_path_factory):
     throughput = json.loads((out / "summary.json").read_text())["throughput"]  # before any rerun replaces it
     # several units: the start-up and the rate after it are told apart
     assert 0 < throughput["first_result_s"] < throughput["wall_s"] and throughput["steady_files_per_s"] > 0
+    # the work's CPU after start-up, counted where it ran, is a part of the cores' time
+    assert 0 < throughput["steady_share_outside_work"] < 1 and throughput["finalize_s"] > 0
     return out
 
 
