@@ -65,6 +65,7 @@ def compact(uri: str | Path, in_process_bytes: int = IN_PROCESS_BYTES) -> Compac
     tasks = list(plan.tasks)
     if not tasks:
         return Compacted()
+    # A data file whose size Lance did not record counts as 0 bytes: such a plan stays here.
     planned = sum(d.file_size_bytes or 0 for task in tasks for f in task.fragments for d in f.files)
     if ray.is_initialized() and planned >= in_process_bytes:
         rewrite = ray.remote(num_cpus=1)(_rewrite)
