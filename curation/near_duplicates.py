@@ -21,9 +21,9 @@ against its members: Lance's own batch query through an IVF index answered one q
 time (9.5 ms each), which made it slower than a flat scan below about 140,000 clips.
 With Ray running, a partitioned table's search is a shuffle through the object store: a
 task per run of fragments assigns their clips and returns one block per group of partitions
-(``num_returns``), and a task per group compares them (at most ``GROUPS_PER_CPU`` x the cluster's CPUs of each, so
-the objects number at most the square of that); the driver holds only references and
-receives only the pairs. A query clip travels once per partition it visits, with its
+(``num_returns``), and a task per group compares them (at most ``GROUPS_PER_CPU`` x the
+cluster's CPUs of each, so the objects number at most the square of that); the driver
+holds only references and receives only the pairs. A query clip travels once per partition it visits, with its
 fingerprint and CLIP embedding, so the object store holds about ``partitions_probed``
 copies of those two columns while the search runs. The table also gets a Lance IVF_FLAT
 index on the fingerprints (built once, then extended with each run's new fragments), which
@@ -116,7 +116,7 @@ def _search(uri: str, version: int, fragments: list[int], centroids: Optional[np
     from pipeline.ray_runtime import cluster_cpus
 
     tasks = GROUPS_PER_CPU * cluster_cpus()
-    groups = min(len(centroids), tasks)  # at least 2: so is each
+    groups = min(len(centroids), tasks)  # at least 2 (so are both), so num_returns gives a list
     assign = ray.remote(num_cpus=1, num_returns=groups)(_assign)
     compare = ray.remote(num_cpus=1)(_compare)
     centroids_ref = ray.put(centroids)
