@@ -242,7 +242,7 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
     figures = {
         "images": [small_count, count], "wall_s": [first["wall_s"], full["wall_s"]],
         "wall_s_runs": [first["wall_s_runs"], full["wall_s_runs"]],
-        "finalize_s": full["throughput"]["finalize_s"],
+        "finalize_s": [first["throughput"]["finalize_s"], full["throughput"]["finalize_s"]],
         "driver_peak_rss_mb": full["driver_peak_rss_mb"],
         "images_per_s": round(count / full["wall_s"], 1),
         "intercept_s": round(full["wall_s"] - marginal_s * count, 2),
