@@ -3,7 +3,7 @@
 on both nodes, nothing passed through the driver's memory) and for users who want to try
 the cluster path before they have one.
 
-Every port is chosen free, so the cluster never collides with the caller's own Ray or with
+Every port is chosen free and distinct, so the cluster never collides with the caller's own Ray or with
 another cluster, and each node runs in its own process group: leaving the context stops
 the nodes and all their workers, and nothing else.
 
@@ -66,15 +66,15 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _node_ports() -> list[str]:
-    names = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port")
-    return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)))]
+# The ports every node listens on besides the head's own (GCS, dashboard, client server).
+NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+              "dashboard-agent-grpc-port", "runtime-env-agent-port")
 
 
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], ports: list[int], env: dict[str, str], log: Path) -> subprocess.Popen:
     """``ray start ... --block`` in its own process group: one signal stops the node and its workers."""
-    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args, *_node_ports()],
+    chosen = [f"--{name}={port}" for name, port in zip(NODE_PORTS, ports, strict=True)]
+    return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args, *chosen],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -112,7 +112,11 @@ def local_cluster(logs: Path, cpus_per_node: int = 2, worker_resources: str = "{
     custom resources in ``worker_resources`` (JSON). Node logs go to ``logs``."""
     logs.mkdir(parents=True, exist_ok=True)
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    gcs, dashboard, client = free_ports(3)
+    # One call picks every port of the cluster, so no two coincide: ports picked in separate
+    # calls can (the socket of an earlier pick is closed again), and a head given its GCS port
+    # twice does not start (CI saw dashboard_agent_http land on the GCS port).
+    gcs, dashboard, client, *node_ports = free_ports(3 + 2 * len(NODE_PORTS))
+    head_ports, worker_ports = node_ports[:len(NODE_PORTS)], node_ports[len(NODE_PORTS):]
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # a job's `python`
@@ -120,13 +124,13 @@ def local_cluster(logs: Path, cpus_per_node: int = 2, worker_resources: str = "{
     env["RAY_AUTH_TOKEN"] = token
     started = [_start(["--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--dashboard-port={dashboard}",
                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}",
-                       f"--num-cpus={cpus_per_node}", f"--temp-dir={temp_dir}"], env, logs / "head.log")]
+                       f"--num-cpus={cpus_per_node}", f"--temp-dir={temp_dir}"], head_ports, env, logs / "head.log")]
     cluster = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, token)
     try:
         _wait_for(lambda: len(cluster.state("nodes")) >= 1, logs / "head.log")
         started.append(_start([f"--address={cluster.gcs}", "--node-ip-address=127.0.0.1",
                                f"--num-cpus={cpus_per_node}", f"--resources={worker_resources}"],
-                              env, logs / "worker.log"))
+                              worker_ports, env, logs / "worker.log"))
         _wait_for(lambda: sum(n.state == "ALIVE" for n in cluster.state("nodes")) == 2,
                   logs / "worker.log")
         yield cluster
