@@ -73,12 +73,22 @@ class Progress:
     at_first: Counter = field(default_factory=Counter)  # the sums as of that record
     ended: Optional[float] = None  # when the pipeline's last record came: finalize is not its work
     cores: int = 0  # the cluster's CPUs, once Ray is up
+    # The work counted in the share outside it: the records after the first, whose units
+    # began no earlier than counted_from (time.time(), as the workers stamp it) and ended by
+    # counted_to. A unit in flight when the first record came began before it, so a window
+    # from the first record would hold less time than the work counted in it.
+    counted_from: Optional[float] = None
+    counted_to: Optional[float] = None
 
     def add(self, record: dict[str, Any]) -> None:
         for key in ("clips", "images", "rejects", "files", *SUMMED):
             self.counts[key] += record[key]
         if self.first_at is None:
             self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
+        elif record["work_started"] is not None:
+            began = record["work_started"]
+            self.counted_from = began if self.counted_from is None else min(self.counted_from, began)
+            self.counted_to = time.time()
 
     def end(self) -> None:
         self.ended = time.monotonic()
@@ -109,7 +119,8 @@ class Progress:
         # same seconds as the job, so a machine whose speed drifts between runs cannot skew
         # it as it skews a comparison with the work timed alone in another run.
         work = sum(c[key] - self.at_first[key] for key in ("work_cpu_s", "aesthetic_cpu_s"))
-        figures["steady_share_outside_work"] = round(1 - work / (steady * self.cores), 3) if steady and self.cores else None
+        span = self.counted_to - self.counted_from if self.counted_from is not None else 0.0
+        figures["steady_share_outside_work"] = round(1 - work / (span * self.cores), 3) if span > 0 and self.cores else None
         return figures
 
     def line(self) -> str:

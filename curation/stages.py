@@ -37,7 +37,8 @@ from curation.sources import MediaItem
 from pipeline.allocator import keep_freed_memory
 from pipeline.config.schema import CaptioningConfig, Config, CurationConfig, ScoringConfig
 from pipeline.tables import (
-    CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
+    BLOB, CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, is_blob,
+    without_decisions,
 )
 
 log = logging.getLogger("curation")
@@ -58,6 +59,9 @@ WORK_FIELDS = [
     pa.field("aesthetic_s", pa.float64()),  # the scorer's time for a batch, on its first row
     pa.field("aesthetic_cpu_s", pa.float64()),  # the same in the scoring process's CPU seconds
     pa.field("caption_s", pa.float64()),  # the captioner's time for a batch, on its first row
+    # when the row's unit began its work (time.time(), every row): the writer keeps the
+    # earliest, so the driver knows the span in which the work it counts was done
+    pa.field("work_started", pa.float64()),
 ]
 # The per-input and per-batch figures the writer sums and the driver adds up.
 SUMMED = ("video_seconds", "work_s", "work_cpu_s", "aesthetic_s", "aesthetic_cpu_s", "caption_s")
@@ -76,7 +80,7 @@ STAGED_SCHEMA = _union(*TABLE_SCHEMAS.values(), pa.schema(WORK_FIELDS))
 WRITTEN_SCHEMA = pa.schema(
     [pa.field(f"{name}_fragments", pa.string()) for name in TABLE_SCHEMAS]
     + [pa.field(name, pa.int64()) for name in ("clips", "images", "rejects", "files")]
-    + [pa.field(name, pa.float64()) for name in SUMMED]
+    + [pa.field(name, pa.float64()) for name in (*SUMMED, "work_started")]
 )
 
 
@@ -111,7 +115,9 @@ class FileStage:
         worker holds one unit's rows (a video's clips) at a time."""
         for start, stop in zip(batch.column("start").to_pylist(), batch.column("stop").to_pylist()):
             for unit in read_units(self.plan, start, stop):
-                staged = _with_models(_staged(self._unit_rows(unit)), self.captioner, self.scorer)
+                started = time.time()
+                rows = [{**row, "work_started": started} for row in self._unit_rows(unit)]
+                staged = _with_models(_staged(rows), self.captioner, self.scorer)
                 yield write_fragments(staged, self.out) if self.out else staged
 
     def _unit_rows(self, unit: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -246,6 +252,16 @@ def _set(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index(name), name, values)
 
 
+def stored_schema(uri: str, schema: pa.Schema) -> pa.Schema:
+    """``schema``'s columns as the table at ``uri`` stores them: a table curated while images
+    were blobs keeps them so (``pipeline.tables``), and Lance refuses a fragment whose
+    column is encoded otherwise than the table's."""
+    import lance
+
+    blobs = {f.name for f in lance.dataset(uri).schema if is_blob(f)}
+    return pa.schema([f.with_metadata(BLOB) if f.name in blobs else f for f in schema])
+
+
 def write_fragments(batch: pa.Table, out: str) -> pa.Table:
     """Write each table's rows of the batch as Lance fragments in the worker; return their
     metadata (JSON) and the batch's sums, for the driver to commit and report."""
@@ -253,10 +269,14 @@ def write_fragments(batch: pa.Table, out: str) -> pa.Table:
 
     record: dict[str, Any] = {}
     for name, schema in TABLE_SCHEMAS.items():
-        part = batch.filter(pc.equal(batch.column("table"), name)).select(schema.names).cast(schema)
+        part = batch.filter(pc.equal(batch.column("table"), name)).select(schema.names)
         record[name.split(".")[0]] = part.num_rows
-        fragments = write(part, f"{out}/{name}", schema=schema) if part.num_rows else []
+        fragments = []
+        if part.num_rows:
+            stored = stored_schema(f"{out}/{name}", schema)
+            fragments = write(part.cast(stored), f"{out}/{name}", schema=stored)
         record[f"{name}_fragments"] = json.dumps([json.dumps(f.to_json()) for f in fragments])
     for name in ("files", *SUMMED):
         record[name] = pc.sum(batch.column(name)).as_py() or 0
+    record["work_started"] = pc.min(batch.column("work_started")).as_py()  # None for lost rows
     return pa.Table.from_pylist([record], schema=WRITTEN_SCHEMA)

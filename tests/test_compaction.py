@@ -1,5 +1,6 @@
 """Compaction of media tables: planned and committed by the caller, rewritten in Ray tasks
-when large, fragments sized by bytes; the rows and their blobs come through unchanged."""
+when large, fragments sized and read by bytes; the rows and their media, blob columns or
+plain ones, come through unchanged."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import pytest
 
 import pipeline.compaction as compaction
 from pipeline.compaction import compact, compaction_options
-from pipeline.tables import BLOB
+from pipeline.tables import BLOB, is_blob
 
 SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary(), metadata=BLOB)])
+PLAIN = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary())])
 ROW_BYTES = 20_000
 
 
-def _table(tmp_path: Path, fragments: int = 12, rows: int = 10) -> tuple[str, dict[str, bytes]]:
+def _table(tmp_path: Path, fragments: int = 12, rows: int = 10, schema: pa.Schema = SCHEMA) -> tuple[str, dict[str, bytes]]:
     """``fragments`` appends of ``rows`` rows of random media; the row ``f0r0`` deleted."""
     uri = str(tmp_path / "media.lance")
     rng = np.random.default_rng(0)
@@ -27,8 +29,8 @@ def _table(tmp_path: Path, fragments: int = 12, rows: int = 10) -> tuple[str, di
         ids = [f"f{f}r{r}" for r in range(rows)]
         blobs = [rng.bytes(ROW_BYTES) for _ in ids]
         media.update(zip(ids, blobs))
-        table = pa.table({"id": ids, "media": pa.array(blobs, pa.large_binary())}, schema=SCHEMA)
-        lance.write_dataset(table, uri, schema=SCHEMA, mode="append" if f else "create")
+        table = pa.table({"id": ids, "media": pa.array(blobs, pa.large_binary())}, schema=schema)
+        lance.write_dataset(table, uri, schema=schema, mode="append" if f else "create")
     lance.dataset(uri).delete("id = 'f0r0'")
     del media["f0r0"]
     return uri, media
@@ -36,6 +38,9 @@ def _table(tmp_path: Path, fragments: int = 12, rows: int = 10) -> tuple[str, di
 
 def _contents(uri: str) -> dict[str, bytes]:
     ds = lance.dataset(uri)
+    if not is_blob(ds.schema.field("media")):
+        table = ds.to_table(columns=["id", "media"])
+        return dict(zip(table.column("id").to_pylist(), table.column("media").to_pylist()))
     ids = ds.to_table(columns=["id"]).column("id").to_pylist()
     blobs = ds.take_blobs("media", indices=list(range(len(ids))))
     read = {}
@@ -45,8 +50,13 @@ def _contents(uri: str) -> dict[str, bytes]:
     return read
 
 
-def test_compaction_here_keeps_every_row_and_blob_and_drops_the_deleted(tmp_path: Path) -> None:
-    uri, media = _table(tmp_path)
+@pytest.mark.parametrize("schema", [SCHEMA, PLAIN], ids=["blob", "plain"])
+def test_compaction_here_keeps_every_row_and_value_and_drops_the_deleted(tmp_path: Path, schema: pa.Schema,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    uri, media = _table(tmp_path, schema=schema)
+    # batches of 3 rows' worth of bytes: a task reads its 119 rows in many batches
+    monkeypatch.setattr(compaction, "BATCH_BYTES", 3 * ROW_BYTES)
+    assert 2 <= compaction_options(lance.dataset(uri))["batch_size"] <= 3
     done = compact(uri)
     assert (done.where, done.fragments_removed, done.fragments_added) == ("here", 12, 1)
     assert len(lance.dataset(uri).get_fragments()) == 1
