@@ -33,9 +33,9 @@ Figures, all measured in one run on the same machine (ratios survive a noisy one
   3,000 small images it had shrunk to under a second, less than the 1-3 s by which two
   runs' start-ups differ, and the marginal rate came out faster than the work alone;
 - the same share counted inside each job (``in_job_share_outside_work``, and
-  ``steady_share_outside_work`` in every job's throughput): after the first unit, the cores'
-  time less the per-file work's and the scoring's CPU seconds, as the sandboxes and scorers
-  measured them. The comparisons with the work alone set two runs minutes apart against
+  ``steady_share_outside_work`` in every job's throughput): from the first unit's start to
+  the last result, the cores' time less the per-file work's and the scoring's CPU seconds,
+  as the sandboxes and scorers measured them. The comparisons with the work alone set two runs minutes apart against
   each other, and this machine's speed drifts by 20% in minutes (the work alone gave 505
   and 606 small images per CPU-second in two runs of one day); this one does not;
 - with ``--two-node``: the second-largest corpus again on a local two-node cluster

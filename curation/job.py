@@ -73,10 +73,9 @@ class Progress:
     at_first: Counter = field(default_factory=Counter)  # the sums as of that record
     ended: Optional[float] = None  # when the pipeline's last record came: finalize is not its work
     cores: int = 0  # the cluster's CPUs, once Ray is up
-    # The work counted in the share outside it: the records after the first, whose units
-    # began no earlier than counted_from (time.time(), as the workers stamp it) and ended by
-    # counted_to. A unit in flight when the first record came began before it, so a window
-    # from the first record would hold less time than the work counted in it.
+    # The span of the units' work (time.time(), as the workers stamp a unit's start): from
+    # the first unit's start to the last record. A span from the first record would hold
+    # less time than the work counted in it: the units in flight then had begun before it.
     counted_from: Optional[float] = None
     counted_to: Optional[float] = None
 
@@ -85,7 +84,7 @@ class Progress:
             self.counts[key] += record[key]
         if self.first_at is None:
             self.first_at, self.at_first = time.monotonic(), Counter(self.counts)
-        elif record["work_started"] is not None:
+        if record["work_started"] is not None:  # None: rows the driver wrote for lost work
             began = record["work_started"]
             self.counted_from = began if self.counted_from is None else min(self.counted_from, began)
             self.counted_to = time.time()
@@ -114,11 +113,11 @@ class Progress:
         steady = now - self.first_at if self.first_at and c["files"] > self.at_first["files"] else 0.0
         for key in ("files", "video_seconds", "images"):
             figures[f"steady_{key}_per_s"] = round((c[key] - self.at_first[key]) / steady, 3) if steady else None
-        # The share of the cores' time after start-up that went to anything but the per-file
-        # work and the scoring, both counted in CPU seconds where they ran: measured in the
-        # same seconds as the job, so a machine whose speed drifts between runs cannot skew
-        # it as it skews a comparison with the work timed alone in another run.
-        work = sum(c[key] - self.at_first[key] for key in ("work_cpu_s", "aesthetic_cpu_s"))
+        # The share of the cores' time over the units' span that went to anything but the
+        # per-file work and the scoring, both counted in CPU seconds where they ran: measured
+        # in the same seconds as the job, so a machine whose speed drifts between runs cannot
+        # skew it as it skews a comparison with the work timed alone in another run.
+        work = c["work_cpu_s"] + c["aesthetic_cpu_s"]
         span = self.counted_to - self.counted_from if self.counted_from is not None else 0.0
         figures["steady_share_outside_work"] = round(1 - work / (span * self.cores), 3) if span > 0 and self.cores else None
         return figures

@@ -216,7 +216,7 @@ def throughput_table(summary: dict) -> str:
         "first_result_s": "start-up: seconds to the first unit's result",
         "steady_video_seconds_per_s": "after start-up: video-seconds per second",
         "steady_images_per_s": "after start-up: images per second",
-        "steady_share_outside_work": "after start-up: share of core time outside per-file work and scoring (CPU)",
+        "steady_share_outside_work": "from the first unit's start: share of core time outside per-file work and scoring (CPU)",
         "file_stage_video_seconds_per_worker_s": "per-file stage: video-seconds per worker-second",
         "aesthetic_rows_per_worker_s": "aesthetic stage: rows per worker-second",
     }
