@@ -3,9 +3,9 @@
 on both nodes, nothing passed through the driver's memory) and for users who want to try
 the cluster path before they have one.
 
-Every port is chosen free and distinct, so the cluster never collides with the caller's own Ray or with
-another cluster, and each node runs in its own process group: leaving the context stops
-the nodes and all their workers, and nothing else.
+Every port is chosen free and distinct, so the cluster never collides with itself, the
+caller's own Ray or another cluster, and each node runs in its own process group: leaving
+the context stops the nodes and all their workers, and nothing else.
 
 The cluster requires Ray's token authentication with a token of its own (nothing is
 written to ``~/.ray``), unless the caller's environment chose a mode itself (the test
