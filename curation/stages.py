@@ -37,8 +37,7 @@ from curation.sources import MediaItem
 from pipeline.allocator import keep_freed_memory
 from pipeline.config.schema import CaptioningConfig, Config, CurationConfig, ScoringConfig
 from pipeline.tables import (
-    BLOB, CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, is_blob,
-    without_decisions,
+    CLIP_EMBEDDING, CLIPS, CLIPS_SCHEMA, IMAGES, IMAGES_SCHEMA, REJECTS, REJECTS_SCHEMA, without_decisions,
 )
 
 log = logging.getLogger("curation")
@@ -252,16 +251,6 @@ def _set(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index(name), name, values)
 
 
-def stored_schema(uri: str, schema: pa.Schema) -> pa.Schema:
-    """``schema``'s columns as the table at ``uri`` stores them: a table curated while images
-    were blobs keeps them so (``pipeline.tables``), and Lance refuses a fragment whose
-    column is encoded otherwise than the table's."""
-    import lance
-
-    blobs = {f.name for f in lance.dataset(uri).schema if is_blob(f)}
-    return pa.schema([f.with_metadata(BLOB) if f.name in blobs else f for f in schema])
-
-
 def write_fragments(batch: pa.Table, out: str) -> pa.Table:
     """Write each table's rows of the batch as Lance fragments in the worker; return their
     metadata (JSON) and the batch's sums, for the driver to commit and report."""
@@ -269,12 +258,9 @@ def write_fragments(batch: pa.Table, out: str) -> pa.Table:
 
     record: dict[str, Any] = {}
     for name, schema in TABLE_SCHEMAS.items():
-        part = batch.filter(pc.equal(batch.column("table"), name)).select(schema.names)
+        part = batch.filter(pc.equal(batch.column("table"), name)).select(schema.names).cast(schema)
         record[name.split(".")[0]] = part.num_rows
-        fragments = []
-        if part.num_rows:
-            stored = stored_schema(f"{out}/{name}", schema)
-            fragments = write(part.cast(stored), f"{out}/{name}", schema=stored)
+        fragments = write(part, f"{out}/{name}", schema=schema) if part.num_rows else []
         record[f"{name}_fragments"] = json.dumps([json.dumps(f.to_json()) for f in fragments])
     for name in ("files", *SUMMED):
         record[name] = pc.sum(batch.column(name)).as_py() or 0

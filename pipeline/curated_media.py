@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tables import CLIPS, IMAGES, is_blob, open_curated
+from pipeline.tables import CLIPS, IMAGES, open_curated
 
 
 class UndecodableMedia(Exception):
@@ -22,39 +22,31 @@ class UndecodableMedia(Exception):
 
 def media_errors() -> tuple[type[BaseException], ...]:
     """What damaged media raises: ``UndecodableMedia`` on opening it, decord's error while
-    decoding a clip's frames. Reading the bytes (I/O) raises neither."""
+    decoding a clip's frames. Reading the blob (I/O) raises neither."""
     import decord
 
     return (UndecodableMedia, decord.DECORDError)
 
 
 class MediaSource:
-    """One process's handles on the curated media: a row's stored bytes as decoded frames."""
+    """One process's handles on the curated media: a row's blob as decoded frames."""
 
     def __init__(self, data_dir: str, images: bool) -> None:
         # The version the catalog was read from: row ids are addresses within a version.
         self.datasets = {"clips": open_curated(Path(data_dir) / CLIPS)}
         if images:
             self.datasets["images"] = open_curated(Path(data_dir) / IMAGES)
-        self.blob_columns = {(table, f.name) for table, ds in self.datasets.items() for f in ds.schema if is_blob(f)}
 
-    def stored(self, table: str, column: str, row_id: int) -> bytes:
-        """The stored bytes of one row's media (I/O: its errors are not bad media), from a
-        blob column or a plain one (``pipeline.tables``: images are plain since a later
-        version, and a table keeps the encoding it was curated with)."""
-        ds = self.datasets[table]
-        if (table, column) not in self.blob_columns:
-            # By row id, as take_blobs reads: the public ``take`` wants positions. A filter on
-            # _rowid is public too but took twice as long; pylance is pinned (pyproject).
-            return ds._take_rows([row_id], columns=[column]).column(0)[0].as_py()
-        with ds.take_blobs(column, ids=[row_id])[0] as f:
+    def blob(self, table: str, column: str, row_id: int) -> bytes:
+        """The stored bytes of one row's media (I/O: its errors are not bad media)."""
+        with self.datasets[table].take_blobs(column, ids=[row_id])[0] as f:
             return f.read()
 
     def video(self, row_id: int):
         """The clip's stored mp4 as a decord reader (frames are decoded on request)."""
         import decord
 
-        data = self.stored("clips", "video", row_id)
+        data = self.blob("clips", "video", row_id)
         try:
             return decord.VideoReader(io.BytesIO(data), num_threads=1)
         except (decord.DECORDError, RuntimeError) as err:  # bytes it cannot open: "Error reading ..."
@@ -64,7 +56,7 @@ class MediaSource:
         """The image as one RGB frame ``(1, H, W, 3)``."""
         from PIL import Image
 
-        data = self.stored("images", "image", row_id)
+        data = self.blob("images", "image", row_id)
         try:
             return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]
         except OSError as err:  # PIL's UnidentifiedImageError, a truncated file

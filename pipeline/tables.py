@@ -2,13 +2,8 @@
 
 Curation writes three tables under its output folder; training reads only ``keep`` rows of
 the first two, less the validation rows (``VAL_ROWS`` unless ``train.val_where`` says
-otherwise). A clip's mp4 (megabytes) and an encoded row's tensors are Lance blob columns, so
-a reader fetches one value, or ranges of it, without loading its neighbours
-(``LanceDataset.take_blobs``). An image's bytes (tens of kilobytes) are a plain binary
-column, which ``take`` reads one row of as cheaply: Lance writes and reads a blob column's
-values one by one, which for small images cost more than the images (a 12,000-image table
-took 2.3 s to compact as blobs and 0.45 s as plain binary, with 50 times fewer context
-switches). Tables curated before keep their images as blobs (``is_blob``).
+otherwise). Media columns are Lance blob columns, so a reader fetches one clip's bytes
+without loading its neighbours (``LanceDataset.take_blobs``).
 """
 
 from __future__ import annotations
@@ -24,13 +19,6 @@ IMAGES = "images.lance"
 REJECTS = "rejects.lance"
 
 BLOB = {"lance-encoding:blob": "true"}
-
-
-def is_blob(field: pa.Field) -> bool:
-    """Whether the column is stored as blobs (read with ``take_blobs``, not ``take``): a
-    field of a schema here says so in its metadata, a Lance table's by its type."""
-    marked = (field.metadata or {}).get(b"lance-encoding:blob") == b"true"
-    return marked or getattr(field.type, "extension_name", "").startswith("lance.blob")
 
 # One (frames, fps) pair a clip can supply: `frames` frames spaced at 1/fps seconds.
 FRAME_FPS = pa.struct([("frames", pa.int32()), ("fps", pa.int32())])
@@ -112,7 +100,7 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("crop_base", CROP),
         pa.field("crop_refiner", CROP),
         pa.field("thumbnail", pa.binary()),
-        pa.field("image", pa.large_binary()),  # the original encoded bytes
+        pa.field("image", pa.large_binary(), metadata=BLOB),  # the original encoded bytes
         *DECISION_FIELDS,
     ]
 )

@@ -197,7 +197,7 @@ def test_a_passing_failure_is_retried_and_never_stored_as_undecodable(encoded, m
         raise TypeError("a regression, not bad media")
 
     monkeypatch.setattr(encode.StageEncoder, "_encode", real)
-    monkeypatch.setattr(MediaSource, "stored", no_video)
+    monkeypatch.setattr(MediaSource, "blob", no_video)
     assert encoder(batch).column("frames").to_pylist() == [0, 0]
     monkeypatch.setattr(MediaSource, "video", bug)
     with pytest.raises(TypeError, match="regression"):

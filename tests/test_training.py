@@ -395,14 +395,14 @@ def test_the_loader_replaces_undecodable_media_and_fails_on_anything_else(data, 
     batch = {"item": np.array([0])}  # rank 0's first step
     loader = MicroBatchLoader(load_catalog(data), config, "base")
     assert loader(batch)["corrupt"][0] == 0
-    real, calls = MediaSource.stored, []
+    real, calls = MediaSource.blob, []
 
     def first_one_damaged(self, table: str, column: str, row_id: int) -> bytes:
         calls.append(row_id)
         data = real(self, table, column, row_id)
         return data[:64] if len(calls) == 1 else data  # a clip cut short in storage
 
-    monkeypatch.setattr(MediaSource, "stored", first_one_damaged)
+    monkeypatch.setattr(MediaSource, "blob", first_one_damaged)
     with caplog.at_level("WARNING", logger="training.data"):
         out = loader(batch)
     assert out["corrupt"][0] == 1 and len(out["video"][0]) == config.train.micro_batch  # a spare stood in
