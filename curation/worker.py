@@ -27,6 +27,7 @@ from curation.sources import MediaItem, read_bytes, read_caption, resolve
 from curation.split import clip_from_segment
 from pipeline.config.schema import Config, StagesConfig
 from pipeline.frames import centre_crop_box
+from pipeline.tables import image_columns
 
 HASH_CHUNK = 8 << 20
 
@@ -137,7 +138,7 @@ def process_image(item: MediaItem, config: Config) -> list[dict[str, Any]]:
             "subject": subject_share(small),
             **_crops(width, height, config.stages),
             "thumbnail": thumb,
-            "image": data,
+            **image_columns(data),
             "keyframes": [thumb],
         }
     ]
