@@ -13,10 +13,11 @@ import pytest
 
 import pipeline.compaction as compaction
 from pipeline.compaction import compact, compaction_options
-from pipeline.tables import BLOB
+from pipeline.tables import BLOB, MINIBLOCK
 
 SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary(), metadata=BLOB)])
-PLAIN = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary())])
+# plain values in the page layout small images are stored with (pipeline.tables)
+PLAIN = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary(), metadata=MINIBLOCK)])
 ROW_BYTES = 20_000
 
 
