@@ -6,7 +6,8 @@ about 60 MB/s (most of it kernel time: Lance wrote the blob column in 53,000 wri
 35M-clip corpus of a few MB per clip would pass tens of terabytes through one process. Here
 the driver only plans (``Compaction.plan``) and commits (``Compaction.commit``); the plan's
 tasks, each one new fragment, run as Ray tasks on the cluster's workers, which read and
-write the media where they lie. A plan under ``in_process_bytes`` runs where it is called:
+write the media where they lie, spread over the nodes (each task's I/O is its node's disk
+and network, not the driver's). A plan under ``in_process_bytes`` runs where it is called:
 starting Ray workers for it costs more than the rewrite (a small job's finalize waited 2.0
 s for the workers of two one-off tasks).
 
@@ -43,11 +44,12 @@ IO_BUFFER_BYTES = 64 << 20
 
 @dataclass
 class Compacted:
-    """What ``compact`` did: the plan's tasks, where they ran (``ray`` or ``here``), the
-    bytes they read, and the fragments before and after."""
+    """What ``compact`` did: the plan's tasks, where they ran (``ray`` or ``here``) and on
+    how many nodes, the bytes they read, and the fragments before and after."""
 
     tasks: int = 0
     where: str = "here"
+    nodes: int = 1
     bytes_read: int = 0
     fragments_removed: int = 0
     fragments_added: int = 0
@@ -81,19 +83,24 @@ def compact(uri: str | Path, in_process_bytes: int = IN_PROCESS_BYTES) -> Compac
     # A data file whose size Lance did not record counts as 0 bytes: such a plan stays here.
     planned = sum(d.file_size_bytes or 0 for task in tasks for f in task.fragments for d in f.files)
     if ray.is_initialized() and planned >= in_process_bytes:
-        rewrite = ray.remote(num_cpus=1)(_rewrite)
-        results = [RewriteResult.from_json(r) for r in ray.get([rewrite.remote(str(uri), t.json()) for t in tasks])]
-        where = "ray"
+        rewrite = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_rewrite)
+        done = ray.get([rewrite.remote(str(uri), t.json()) for t in tasks])
+        results = [RewriteResult.from_json(result) for result, _ in done]
+        where, nodes = "ray", len({node for _, node in done})
     else:
         results = [task.execute(ds) for task in tasks]
-        where = "here"
+        where, nodes = "here", 1
     metrics = Compaction.commit(ds, results)
-    log.info("compacted %s: %d fragments into %d, %.0f MB read, %d task(s) %s", Path(uri).name,
-             metrics.fragments_removed, metrics.fragments_added, planned / 2**20, len(tasks), where)
-    return Compacted(len(tasks), where, planned, metrics.fragments_removed, metrics.fragments_added)
+    log.info("compacted %s: %d fragments into %d, %.0f MB read, %d task(s) %s on %d node(s)", Path(uri).name,
+             metrics.fragments_removed, metrics.fragments_added, planned / 2**20, len(tasks), where, nodes)
+    return Compacted(len(tasks), where, nodes, planned, metrics.fragments_removed, metrics.fragments_added)
 
 
-def _rewrite(uri: str, task: str) -> str:
-    """One compaction task, on a worker: its new fragment written, its result for the commit."""
+def _rewrite(uri: str, task: str) -> tuple[str, str]:
+    """One compaction task, on a worker: its new fragment written; its result for the
+    commit, and the node it ran on."""
+    import ray
+
     job = CompactionTask.from_json(task)
-    return job.execute(lance.dataset(uri, version=job.read_version)).json()
+    result = job.execute(lance.dataset(uri, version=job.read_version)).json()
+    return result, ray.get_runtime_context().get_node_id()

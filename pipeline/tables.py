@@ -8,7 +8,7 @@ a reader fetches one value, or ranges of it, without loading its neighbours
 (``image_columns``): up to ``INLINE_IMAGE_BYTES`` a plain binary column, ``image_inline``,
 larger a blob column, ``image``. Lance writes and compacts a blob column value by value,
 which for small images cost more than the images; plain values are written in pages, which
-for larger ones cost more (measured in ``image_columns``). Tables curated before this split
+for larger ones cost more (measured at ``INLINE_IMAGE_BYTES``). Tables curated before this split
 hold every image in ``image``; a later run adds the inline column, null in their rows.
 """
 

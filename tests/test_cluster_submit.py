@@ -1,10 +1,12 @@
 """A real two-node Ray cluster on 127.0.0.1: ``ray start`` a head and a second node with a
 custom resource, ``ray job submit --working-dir`` the curation job, and check that it
-succeeded, wrote its tables, and ran tasks on both nodes. Everything started here is
-stopped here, by process group, so the test's own Ray and any other cluster are untouched."""
+succeeded, wrote its tables, and ran tasks on both nodes; and a driver that joins the
+cluster compacts a table with tasks on both nodes. Everything started here is stopped
+here, by process group, so the test's own Ray and any other cluster are untouched."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,11 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with local_cluster(tmp_path_factory.mktemp("cluster_logs"), worker_resources='{"curation_node": 1}') as running:
-        yield running.dashboard
+        yield running
 
 
 @pytest.mark.slow
 def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -> None:
+    dashboard = cluster.dashboard
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_nodes, list_tasks
 
@@ -35,7 +38,7 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     write_sample_corpus(corpus, videos=3, seed=2)
     submission = f"curate-{uuid.uuid4().hex[:8]}"
     proc = subprocess.run(
-        [RAY, "job", "submit", "--address", cluster, "--submission-id", submission, "--working-dir", str(REPO),
+        [RAY, "job", "submit", "--address", dashboard, "--submission-id", submission, "--working-dir", str(REPO),
          "--runtime-env", "clusters/runtime_env.yaml", "--",
          # The second node's workers start seconds after the head's (the working directory is
          # unpacked there first), and a job this small could end before; Ray Data's own
@@ -44,15 +47,15 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
          "--out", str(out), "--preset", "tiny", "--quiet"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
-    client = JobSubmissionClient(cluster)
+    client = JobSubmissionClient(dashboard)
     assert client.get_job_status(submission) == JobStatus.SUCCEEDED, proc.stdout[-4000:] + proc.stderr[-2000:]
     clips = lance.dataset(str(out / "clips.lance")).to_table(columns=["clip_id", "keep"])
     rejects = lance.dataset(str(out / "rejects.lance")).to_table(columns=["source", "reason"])
     assert clips.num_rows >= 6 and rejects.num_rows >= 3  # shots of 3 videos; the broken files
     job_id = client.get_job_info(submission).job_id
-    tasks = list_tasks(address=cluster, filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
+    tasks = list_tasks(address=dashboard, filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
     worked = {t.node_id for t in tasks if "FileStage" in t.name and t.name.endswith(".submit")}
-    assert worked == {n.node_id for n in list_nodes(address=cluster)}, f"units ran on {len(worked)} of 2 nodes"
+    assert worked == {n.node_id for n in list_nodes(address=dashboard)}, f"units ran on {len(worked)} of 2 nodes"
     # the same corpus curated on one machine gives the same tables
     local = tmp_path / "local"
     proc = subprocess.run([sys.executable, "-m", "pipeline", "curate", str(corpus), "--out", str(local), "--preset",
@@ -62,6 +65,43 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
     for name, columns in (("clips.lance", ["clip_id", "keep", "weight"]), ("rejects.lance", ["source", "stage"])):
         here, there = (lance.dataset(str(d / name)).to_table(columns=columns).to_pylist() for d in (local, out))
         assert sorted(map(str, here)) == sorted(map(str, there)), name
+
+
+# A driver on the cluster: a table of 12 appended fragments (10 rows of 20 KB), compacted in
+# Ray tasks into fragments of about 40 rows each; prints what compaction did and the media.
+COMPACT_ON_THE_CLUSTER = """
+import json, sys
+import lance, numpy as np, pyarrow as pa, ray
+import pipeline.compaction as compaction
+from pipeline.tables import BLOB
+
+uri = sys.argv[1]
+schema = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary(), metadata=BLOB)])
+rng = np.random.default_rng(0)
+for f in range(12):
+    ids = [f"f{f}r{r}" for r in range(10)]
+    table = pa.table({"id": ids, "media": pa.array([rng.bytes(20_000) for _ in ids], pa.large_binary())}, schema=schema)
+    lance.write_dataset(table, uri, schema=schema, mode="append" if f else "create")
+before = lance.dataset(uri).to_table(blob_handling="all_binary").to_pylist()
+ray.init()
+compaction.TARGET_FRAGMENT_BYTES = 40 * 20_000
+done = compaction.compact(uri, in_process_bytes=0)
+after = lance.dataset(uri).to_table(blob_handling="all_binary").to_pylist()
+print(json.dumps({"where": done.where, "tasks": done.tasks, "nodes": done.nodes, "same": before == after,
+                  "fragments": len(lance.dataset(uri).get_fragments())}))
+"""
+
+
+@pytest.mark.slow
+def test_a_driver_on_the_cluster_compacts_with_tasks_on_both_nodes(cluster, tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-c", COMPACT_ON_THE_CLUSTER, str(tmp_path / "media.lance")],
+                          env={**cluster.env, "RAY_ADDRESS": cluster.gcs}, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert done["where"] == "ray" and done["tasks"] >= 2 and done["fragments"] == done["tasks"]
+    assert done["nodes"] == 2, done  # spread: each node rewrites what it was given, the driver none
+    assert done["same"]
 
 
 @pytest.mark.slow
