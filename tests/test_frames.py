@@ -33,7 +33,8 @@ def test_sampling_sees_the_pixels_training_sees(tmp_path, tiny) -> None:
     path = tmp_path / "photo.png"
     Image.fromarray(image).save(path)
     row = process_item(MediaItem(str(path), "image"), tiny)[0][0]  # curation's row, with its crops
-    stored = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))[None]  # as MediaSource.image
+    data = row["image"] if row["image_inline"] is None else row["image_inline"]  # one of them (image_columns)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[None]  # as MediaSource.image
     stage = tiny.stages.base
     crop, scale = stage_crop(row, "base", "images")
     video = torch.from_numpy(crop_resize(stored, crop, (stage.width, stage.height), scale))
