@@ -1,7 +1,7 @@
 """Compacting a Lance table of media without the driver reading the media.
 
 Lance's ``compact_files`` rewrites a table's small fragments in the process that calls it.
-On a 12,000-image table (47 fragments, 142 MB) that took 2.1-2.5 s in curation's driver,
+On a 12,000-image table of blobs (47 fragments, 142 MB) that took 2.1-2.5 s in curation's driver,
 about 60 MB/s (most of it kernel time: Lance wrote the blob column in 53,000 writes), so a
 35M-clip corpus of a few MB per clip would pass tens of terabytes through one process. Here
 the driver only plans (``Compaction.plan``) and commits (``Compaction.commit``); the plan's
