@@ -30,9 +30,10 @@ def cluster(tmp_path_factory):
 
 @pytest.mark.slow
 def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -> None:
-    dashboard = cluster.dashboard
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_nodes, list_tasks
+
+    dashboard = cluster.dashboard
 
     corpus, out = tmp_path / "corpus", tmp_path / "curated"
     write_sample_corpus(corpus, videos=3, seed=2)

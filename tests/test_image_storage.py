@@ -5,6 +5,7 @@ model stages read every row of either kind back as the source's pixels."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lance
@@ -16,7 +17,7 @@ from PIL import Image
 from curation import job
 from pipeline.config import load_config
 from pipeline.curated_media import MediaSource
-from pipeline.tables import BLOB, IMAGES, INLINE_IMAGE_BYTES, open_curated
+from pipeline.tables import BLOB, CURATED_VERSIONS, IMAGES, INLINE_IMAGE_BYTES, open_curated
 from support.synthetic import photo_like
 
 
@@ -44,8 +45,8 @@ def _photos(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _as_before_the_split(uri: Path) -> None:
-    """Rewrite the table as curation stored it before the inline column: every image's
-    bytes in the blob column, no inline column."""
+    """Rewrite the table as curation stored it before the inline column (every image's
+    bytes in the blob column, no inline column), as the curated version readers open."""
     table = lance.dataset(str(uri)).to_table()
     everything = pc.coalesce(table.column("image_inline"), lance.dataset(str(uri)).to_table(
         columns=["image"], blob_handling="all_binary").column("image"))
@@ -53,6 +54,9 @@ def _as_before_the_split(uri: Path) -> None:
     table = table.set_column(table.schema.get_field_index("image"), pa.field("image", pa.large_binary(), metadata=BLOB),
                              everything)
     lance.write_dataset(table, str(uri), schema=table.schema, mode="overwrite")
+    recorded = uri.parent / CURATED_VERSIONS
+    versions = json.loads(recorded.read_text())
+    recorded.write_text(json.dumps({**versions, uri.name: lance.dataset(str(uri)).version}))
 
 
 def test_small_images_are_inline_large_ones_blobs_and_an_old_table_keeps_working(tmp_path: Path, ray_local) -> None:
@@ -71,7 +75,7 @@ def test_small_images_are_inline_large_ones_blobs_and_an_old_table_keeps_working
     assert set(read) == set(first) and all(np.array_equal(read[s], photos[s]) for s in first)
 
     _as_before_the_split(out / IMAGES)
-    assert "image_inline" not in lance.dataset(str(out / IMAGES)).schema.names
+    assert "image_inline" not in open_curated(out / IMAGES).schema.names
     read = _read_back(out)  # the old layout reads as before
     assert set(read) == set(first) and all(np.array_equal(read[s], photos[s]) for s in first)
 
