@@ -26,7 +26,7 @@ REJECTS = "rejects.lance"
 
 BLOB = {"lance-encoding:blob": "true"}
 # Lance's page layout for plain values that are small next to a page. Without it Lance 14
-# lays out values over 32 KB one by one ("fullzip"), which wrote 2,048 images of 150 KB in
+# lays out large values one by one ("fullzip"), which wrote 2,048 images of 150 KB in
 # 3.3 s of CPU against 0.65 s.
 MINIBLOCK = {"lance-encoding:structural-encoding": "miniblock"}
 # Images up to this size are stored inline. Per 2,048 incompressible values, in CPU seconds
