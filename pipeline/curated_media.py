@@ -36,6 +36,8 @@ class MediaSource:
         self.datasets = {"clips": open_curated(Path(data_dir) / CLIPS)}
         if images:
             self.datasets["images"] = open_curated(Path(data_dir) / IMAGES)
+        # a table curated before the inline column holds every image as a blob (image_columns)
+        self.inline_images = images and "image_inline" in self.datasets["images"].schema.names
 
     def blob(self, table: str, column: str, row_id: int) -> bytes:
         """The stored bytes of one row's media (I/O: its errors are not bad media)."""
@@ -43,13 +45,12 @@ class MediaSource:
             return f.read()
 
     def image_bytes(self, row_id: int) -> bytes:
-        """An image row's stored bytes: inline, or in the blob column (``image_columns``; a
-        table curated before the inline column holds them all as blobs)."""
-        ds = self.datasets["images"]
-        if "image_inline" in ds.schema.names:
+        """An image row's stored bytes: inline, or in the blob column (``image_columns``)."""
+        if self.inline_images:
             # By row id, as take_blobs reads: the public ``take`` wants positions (a filter on
             # _rowid is public too but took twice as long); pylance is pinned (pyproject).
-            inline = ds._take_rows([row_id], columns=["image_inline"]).column(0)[0].as_py()
+            rows = self.datasets["images"]._take_rows([row_id], columns=["image_inline"])
+            inline = rows.column(0)[0].as_py()
             if inline is not None:
                 return inline
         return self.blob("images", "image", row_id)

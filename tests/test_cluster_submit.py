@@ -68,34 +68,29 @@ def test_curation_submitted_as_a_ray_job_runs_on_both_nodes(cluster, tmp_path) -
         assert sorted(map(str, here)) == sorted(map(str, there)), name
 
 
-# A driver on the cluster: a table of 12 appended fragments (10 rows of 20 KB), compacted in
-# Ray tasks into fragments of about 40 rows each; prints what compaction did and the media.
+# A driver on the cluster: test_compaction's table (12 appended fragments of 10 rows of 20 KB,
+# one row deleted), compacted in Ray tasks into fragments of about 40 rows each; prints what
+# compaction did and whether every value came through.
 COMPACT_ON_THE_CLUSTER = """
 import json, sys
-import lance, numpy as np, pyarrow as pa, ray
+from pathlib import Path
+import lance, ray
+sys.path.insert(0, "tests")
 import pipeline.compaction as compaction
-from pipeline.tables import BLOB
+from test_compaction import ROW_BYTES, _contents, _table
 
-uri = sys.argv[1]
-schema = pa.schema([pa.field("id", pa.string()), pa.field("media", pa.large_binary(), metadata=BLOB)])
-rng = np.random.default_rng(0)
-for f in range(12):
-    ids = [f"f{f}r{r}" for r in range(10)]
-    table = pa.table({"id": ids, "media": pa.array([rng.bytes(20_000) for _ in ids], pa.large_binary())}, schema=schema)
-    lance.write_dataset(table, uri, schema=schema, mode="append" if f else "create")
-before = lance.dataset(uri).to_table(blob_handling="all_binary").to_pylist()
+uri, media = _table(Path(sys.argv[1]))
 ray.init()
-compaction.TARGET_FRAGMENT_BYTES = 40 * 20_000
+compaction.TARGET_FRAGMENT_BYTES = 40 * ROW_BYTES
 done = compaction.compact(uri, in_process_bytes=0)
-after = lance.dataset(uri).to_table(blob_handling="all_binary").to_pylist()
-print(json.dumps({"where": done.where, "tasks": done.tasks, "nodes": done.nodes, "same": before == after,
+print(json.dumps({"where": done.where, "tasks": done.tasks, "nodes": done.nodes, "same": _contents(uri) == media,
                   "fragments": len(lance.dataset(uri).get_fragments())}))
 """
 
 
 @pytest.mark.slow
 def test_a_driver_on_the_cluster_compacts_with_tasks_on_both_nodes(cluster, tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-c", COMPACT_ON_THE_CLUSTER, str(tmp_path / "media.lance")],
+    proc = subprocess.run([sys.executable, "-c", COMPACT_ON_THE_CLUSTER, str(tmp_path)],
                           env={**cluster.env, "RAY_ADDRESS": cluster.gcs}, cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
