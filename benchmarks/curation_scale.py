@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 # This script's folder holds `curation.py` too: keep it off the import path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -138,11 +139,10 @@ def best_of(runs: int, inputs: Path, out: Path) -> dict:
     return {**best, "wall_s_runs": [job["wall_s"] for job in done]}
 
 
-def work_alone(paths: list[Path], kind: str, barrier=None) -> tuple[float, float, float]:
-    """The per-file work and aesthetic scoring over ``paths``, no Ray, OpenCV on one thread
-    as in the workers: CPU seconds (this process, all its threads), and the wall-clock
-    start and end of the loop. With a ``barrier``, the loop starts when every process
-    sharing it is ready (imports and the scorer's set-up stay outside the timing)."""
+def work_alone(paths: list[Path], kind: str, ready: Callable[[], None] = lambda: None) -> float:
+    """CPU seconds (this process, all its threads) of the per-file work and aesthetic
+    scoring over ``paths``, no Ray, OpenCV on one thread as in the workers. ``ready`` is
+    called once imports and the scorer's set-up are done, just before the timed loop."""
     import cv2
     import numpy as np
 
@@ -158,9 +158,8 @@ def work_alone(paths: list[Path], kind: str, barrier=None) -> tuple[float, float
     keep_freed_memory()  # the workers' malloc settings (pipeline.allocator)
     config = load_config("paper")
     scorer = build_aesthetic_scorer(None, None)
-    if barrier is not None:
-        barrier.wait()
-    started, started_cpu = time.time(), time.process_time()
+    ready()
+    started_cpu = time.process_time()
     for path in paths:
         try:
             rows, _ = process_item(MediaItem(str(path), kind), config)
@@ -168,35 +167,20 @@ def work_alone(paths: list[Path], kind: str, barrier=None) -> tuple[float, float
             continue
         for row in rows:
             scorer(np.stack([decode_jpeg(f) for f in row["keyframes"]]))
-    return time.process_time() - started_cpu, started, time.time()
+    return time.process_time() - started_cpu
 
 
-_barrier = None
-
-
-def _share_barrier(barrier) -> None:
-    global _barrier
-    _barrier = barrier
-
-
-def _alone_share(paths: list[Path], kind: str) -> tuple[float, float, float]:
-    return work_alone(paths, kind, _barrier)
+def _work_alone_shard(shard: tuple[list[Path], str], ready: Callable[[], None]) -> float:
+    return work_alone(*shard, ready=ready)
 
 
 def work_alone_parallel(paths: list[Path], kind: str, processes: int) -> float:
-    """Wall seconds of the same work split over ``processes`` processes that start together:
-    what the machine delivers with every core busy on the work and nothing else. A shared
-    virtual machine's cores need not add up (two busy loops on this 2-core one ran at
-    1.75x one), so the job is held to this, next to the one-process CPU figure."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Wall seconds of the same work split over ``processes`` processes that start together
+    (``support.together``): what the machine delivers with every core busy on the work and
+    nothing else, which the job is held to next to the one-process CPU figure."""
+    from support.together import run_together
 
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_share_barrier,
-                             initargs=(barrier,)) as pool:
-        spans = list(pool.map(_alone_share, [paths[k::processes] for k in range(processes)], [kind] * processes))
-    return max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+    return run_together(_work_alone_shard, [(paths[k::processes], kind) for k in range(processes)])[0]
 
 
 def image_corpus(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -237,7 +221,7 @@ def image_figures(root: Path, name: str, count: int, size: tuple[int, int], core
     first, full = best_of(repeats, part, root / f"out_{name}_part"), best_of(repeats, manifest, root / f"out_{name}")
     marginal_s = (full["wall_s"] - first["wall_s"]) / (count - small_count)
     paths = [Path(line.split(",")[0]) for line in lines[1:]]
-    alone_cpu_per_image = work_alone(paths, "image")[0] / count
+    alone_cpu_per_image = work_alone(paths, "image") / count
     alone_parallel_per_image = work_alone_parallel(paths, "image", cores) / count
     figures = {
         "images": [small_count, count], "wall_s": [first["wall_s"], full["wall_s"]],
@@ -316,7 +300,7 @@ def main() -> None:
         seconds = {n: sum(durations[i % len(durations)] for i in range(n)) for n in sizes}
         slope = (jobs[large]["wall_s"] - jobs[mid]["wall_s"]) / (seconds[large] - seconds[mid])
         intercept = jobs[mid]["wall_s"] - slope * seconds[mid]
-        alone_cpu_per_video_s = work_alone(distinct, "video")[0] / sum(durations)
+        alone_cpu_per_video_s = work_alone(distinct, "video") / sum(durations)
         alone_parallel_per_video_s = work_alone_parallel(distinct, "video", cores) / sum(durations)
         one_input = [run_job(_one_image(root), root / f"out_one_{k}")["wall_s"] for k in range(3)]
         images = {name: image_figures(root, name, count, size, cores, args.repeats) for name, count, size in
