@@ -5,7 +5,6 @@ model stages read every row of either kind back as the source's pixels."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lance
@@ -15,9 +14,10 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from curation import job
+from curation.finalize import _record_versions
 from pipeline.config import load_config
 from pipeline.curated_media import MediaSource
-from pipeline.tables import BLOB, CURATED_VERSIONS, IMAGES, INLINE_IMAGE_BYTES, open_curated
+from pipeline.tables import BLOB, IMAGES, INLINE_IMAGE_BYTES, open_curated
 from support.synthetic import photo_like
 
 
@@ -54,9 +54,7 @@ def _as_before_the_split(uri: Path) -> None:
     table = table.set_column(table.schema.get_field_index("image"), pa.field("image", pa.large_binary(), metadata=BLOB),
                              everything)
     lance.write_dataset(table, str(uri), schema=table.schema, mode="overwrite")
-    recorded = uri.parent / CURATED_VERSIONS
-    versions = json.loads(recorded.read_text())
-    recorded.write_text(json.dumps({**versions, uri.name: lance.dataset(str(uri)).version}))
+    _record_versions(uri.parent)
 
 
 def test_small_images_are_inline_large_ones_blobs_and_an_old_table_keeps_working(tmp_path: Path, ray_local) -> None:
